@@ -1,0 +1,191 @@
+"""`collector serve | spec build | spec check | events tail`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from collector import settings as settings_module
+from collector import spec
+from collector.errors import ConfigError
+
+DEV_CONFIG = Path("collector.yaml")
+
+
+class JSONLogFormatter(logging.Formatter):
+    """One JSON object per line, with the request id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "method", "path", "status", "duration_ms"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(access_log: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONLogFormatter())
+    root = logging.getLogger("collector")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    logging.getLogger("collector.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    for name in ("storage", "profiles", "config"):
+        value = getattr(args, name)
+        if value:
+            os.environ["COLLECTOR_" + name.upper()] = value
+    if not os.environ.get("COLLECTOR_CONFIG"):
+        if not DEV_CONFIG.exists():
+            credentials = settings_module.write_dev_config(DEV_CONFIG)
+            print(
+                "No config given: created collector.yaml with a development workspace.\n"
+                f"  workspace:   {credentials['workspace']}\n"
+                f"  write key:   {credentials['write_key']}\n"
+                f"  token:       {credentials['token']}   (profile API: Authorization: Bearer …)\n"
+                f"  admin token: {credentials['admin_token']}   (read-back API /v1/events)",
+                flush=True,
+            )
+        else:
+            print("No config given: using the development workspace in ./collector.yaml", flush=True)
+        os.environ["COLLECTOR_CONFIG"] = str(DEV_CONFIG.resolve())
+    try:
+        loaded = settings_module.load()
+    except ConfigError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if loaded.config_path and Path(loaded.config_path).resolve() == DEV_CONFIG.resolve():
+        for write_key, source in loaded.write_keys.items():
+            print(f"  source {source.id}: write key {write_key}", flush=True)
+    os.environ["COLLECTOR_ACCESS_LOG"] = "1" if args.access_log else ""
+    configure_logging(args.access_log)
+    print(f"collector: storage {loaded.storage}, listening on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(
+        "collector.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn
+        server_header=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def spec_command(args: argparse.Namespace) -> int:
+    spec_dir = Path(args.spec_dir) if args.spec_dir else spec.default_spec_dir()
+    try:
+        if args.spec_action == "build":
+            for path in spec.write(spec_dir):
+                print(f"wrote {path}")
+            return 0
+        problems = spec.check(spec_dir)
+    except spec.SpecError as exc:
+        print(f"collector: spec error: {exc}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{spec_dir}/schemas is up to date")
+    return 1 if problems else 0
+
+
+def tail(args: argparse.Namespace) -> int:
+    """Print stored events as JSON lines, following new ones (read-back API)."""
+    import httpx
+
+    from collector.readback import encode_cursor
+
+    headers = {"Authorization": f"Bearer {args.admin_token}"} if args.admin_token else {}
+    cursor = None
+    params: dict[str, str] = {"limit": str(args.limit)}
+    for name in ("type", "event", "userId"):
+        value = getattr(args, name.lower())
+        if value:
+            params[name] = value
+    with httpx.Client(base_url=args.url, headers=headers, timeout=40) as client:
+        while True:
+            query = params | ({"cursor": cursor} if cursor else {}) | ({"wait": "10"} if args.follow else {})
+            try:
+                answer = client.get("/v1/events", params=query)
+            except httpx.HTTPError as exc:
+                print(f"collector: cannot reach {args.url}: {exc}", file=sys.stderr)
+                return 2
+            if answer.status_code != 200:
+                print(f"collector: {answer.status_code} {answer.text}", file=sys.stderr)
+                return 1
+            page = answer.json()
+            for item in page["data"]:
+                print(json.dumps(item["event"]), flush=True)
+            if page["data"]:
+                cursor = encode_cursor(page["data"][-1]["position"])
+            elif not args.follow:
+                return 0
+            if not args.follow and not page["meta"]["nextCursor"]:
+                return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="collector", description="Self-hostable Segment-compatible event collector.")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="start the HTTP server")
+    run.add_argument("--host", default=os.environ.get("COLLECTOR_HOST", "127.0.0.1"))
+    run.add_argument("--port", type=int, default=int(os.environ.get("COLLECTOR_PORT", "8088")))
+    run.add_argument("--storage", help="event storage URL (default sqlite:///collector.db)")
+    run.add_argument("--profiles", help="profile storage URL (default: the event storage)")
+    run.add_argument("--config", help="YAML config file (write keys, tokens, limits); env COLLECTOR_CONFIG")
+    run.add_argument("--workers", type=int, default=1, help="worker processes")
+    run.add_argument("--access-log", action="store_true", help="log every request as JSON (with its request id)")
+    run.set_defaults(handler=serve)
+
+    spec_parser = commands.add_parser("spec", help="generate or check the JSON Schemas from spec/*.yaml")
+    spec_parser.add_argument("spec_action", choices=["build", "check"])
+    spec_parser.add_argument("--spec-dir", help="spec directory (default: the project's spec/)")
+    spec_parser.set_defaults(handler=spec_command)
+
+    events = commands.add_parser("events", help="read stored events")
+    events_commands = events.add_subparsers(dest="events_action", required=True)
+    tail_parser = events_commands.add_parser("tail", help="print stored events as JSON lines")
+    tail_parser.add_argument("--url", default=os.environ.get("COLLECTOR_URL", "http://127.0.0.1:8088"))
+    tail_parser.add_argument("--admin-token", default=os.environ.get("COLLECTOR_ADMIN_TOKEN"))
+    tail_parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    tail_parser.add_argument("--type")
+    tail_parser.add_argument("--event")
+    tail_parser.add_argument("--userid", dest="userid")
+    tail_parser.add_argument("--limit", type=int, default=100)
+    tail_parser.set_defaults(handler=tail)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

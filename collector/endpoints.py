@@ -1,0 +1,280 @@
+"""The Segment-compatible event API. `collect()` is the whole ingestion pipeline, top to bottom:
+
+    read body → parse JSON → authenticate → split batch → validate → enrich → store → 200
+
+Only this module and `intake.read_body` see the HTTP request; every stage is a plain function.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from collector import auth, intake
+from collector.enrichment import Arrival, enrich
+from collector.errors import BadRequest, InvalidMessage, StorageUnavailable
+from collector.runtime import Runtime
+from collector.settings import Source
+from collector.storage.base import QuarantinedEvent, StoredEvent
+from collector.validation import Validators
+
+SUCCESS_BODY = b'{"success":true}'
+USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
+SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+
+
+def success() -> Response:
+    # Exactly 200 {"success": true}: several SDKs treat any other 2xx as a failure and retry forever.
+    return Response(SUCCESS_BODY, status_code=200, media_type="application/json")
+
+
+async def collect(request: Request, kind: str) -> Response:
+    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch")."""
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+
+    body = await intake.read_body(request, settings.max_request_bytes)  # 413 / 415 / 400
+    payload = intake.parse_json(body)  # 400
+    source = auth.authenticate_source(  # 401
+        request.headers.get("authorization"),
+        payload,
+        request.query_params.get("writeKey"),
+        settings.write_keys,
+    )
+    messages, arrival = split(payload, kind, len(body), request, runtime)  # 400 / 413
+    valid, invalid = validate(messages, runtime, check_sizes=len(body) > settings.max_event_bytes)
+
+    received_at = arrival.received_at_text
+    events = [stored_event(enrich(message, arrival, received_at), source) for message in valid]
+    quarantined = quarantine(invalid, source, received_at) if source.invalid_messages == "quarantine" else []
+    result = await runtime.storage.write(events, quarantined)  # 503 on failure, never 200
+    await link_profiles(runtime, source, valid, received_at)
+
+    runtime.count("accepted", source.id, result.stored)
+    runtime.count("duplicate", source.id, result.duplicates)
+    runtime.count("quarantined", source.id, result.quarantined)
+    if invalid and not quarantined:
+        runtime.count("rejected", source.id, len(invalid))
+        raise rejection(invalid, accepted=len(events), total=len(messages))
+    return success()
+
+
+def split(
+    payload: dict[str, Any], kind: str, body_size: int, request: Request, runtime: Runtime
+) -> tuple[list[Any], Arrival]:
+    """The messages of a request, and what the server knows of its arrival."""
+    settings = runtime.settings
+    ip = client_ip(request, settings.trusted_proxies)
+    user_agent = request.headers.get("user-agent")
+    now = datetime.now(UTC)
+    if kind != "batch":
+        if body_size > settings.max_event_bytes:
+            raise intake.too_large("maxEventBytes", settings.max_event_bytes, "The event")
+        sent_type = payload.get("type")
+        if sent_type is None:
+            payload["type"] = kind
+        elif sent_type != kind:
+            raise InvalidMessage(
+                f"Message type {sent_type!r} does not match the path",
+                f"This path accepts {kind!r} messages; send others to their own path or to /v1/batch.",
+                errors=[
+                    {
+                        "index": 0,
+                        "pointer": "/type",
+                        "keyword": "const",
+                        "message": f"type must be {kind!r} on this path",
+                    }
+                ],
+            )
+        return [payload], Arrival(now, ip, user_agent)
+    messages = intake.split_batch(payload, settings.max_batch_events)
+    envelope_errors = envelope_problems(payload, runtime.validators)
+    if envelope_errors:
+        raise InvalidMessage(
+            "Invalid batch envelope", "Fix the envelope fields named in errors.", errors=envelope_errors
+        )
+    context, integrations = payload.get("context"), payload.get("integrations")
+    return messages, Arrival(now, ip, user_agent, context or None, integrations or None, payload.get("sentAt"))
+
+
+def envelope_problems(payload: dict[str, Any], validators: Validators) -> list[dict[str, Any]]:
+    """Envelope-level schema errors; item errors are reported per item instead."""
+    errors = validators.errors_for("batch", payload)
+    return [e for e in errors or () if not e["pointer"].startswith("/batch/")]
+
+
+def validate(
+    messages: list[Any], runtime: Runtime, check_sizes: bool
+) -> tuple[list[dict[str, Any]], list[tuple[int, Any, list[dict[str, Any]]]]]:
+    """Valid messages, and (index, message, errors) for the invalid ones."""
+    validators = runtime.validators
+    max_bytes = runtime.settings.max_event_bytes
+    valid, invalid = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            invalid.append(
+                (index, message, [{"pointer": "", "keyword": "type", "message": "a message must be an object"}])
+            )
+            continue
+        if check_sizes and len(orjson.dumps(message)) > max_bytes:
+            invalid.append(
+                (
+                    index,
+                    message,
+                    [
+                        {
+                            "pointer": "",
+                            "keyword": "maxEventBytes",
+                            "message": f"event is larger than maxEventBytes ({max_bytes} bytes)",
+                        }
+                    ],
+                )
+            )
+            continue
+        errors = validators.errors(message)
+        if errors is None:
+            valid.append(message)
+        else:
+            invalid.append((index, message, errors))
+    return valid, invalid
+
+
+def stored_event(message: dict[str, Any], source: Source) -> StoredEvent:
+    kind = message["type"]
+    name = message.get("event") if kind == "track" else message.get("name")
+    return StoredEvent(
+        workspace_id=source.workspace_id,
+        source_id=source.id,
+        message_id=message["messageId"],
+        type=kind,
+        event=name if isinstance(name, str) else None,
+        user_id=message.get("userId"),
+        anonymous_id=message.get("anonymousId"),
+        received_at=message["receivedAt"],
+        timestamp=message["timestamp"],
+        body=orjson.dumps(message),
+    )
+
+
+def quarantine(
+    invalid: list[tuple[int, Any, list[dict[str, Any]]]], source: Source, received_at: str
+) -> list[QuarantinedEvent]:
+    kept = []
+    for _index, message, errors in invalid:
+        if isinstance(message, dict):
+            message.pop("writeKey", None)
+            message_id = message.get("messageId")
+        else:
+            message_id = None
+        kept.append(
+            QuarantinedEvent(
+                workspace_id=source.workspace_id,
+                source_id=source.id,
+                message_id=message_id if isinstance(message_id, str) else None,
+                received_at=received_at,
+                body=orjson.dumps(message),
+                errors=orjson.dumps(errors),
+            )
+        )
+    return kept
+
+
+def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: int, total: int) -> InvalidMessage:
+    errors = []
+    for index, message, problems in invalid:
+        message_id = message.get("messageId") if isinstance(message, dict) else None
+        for problem in problems:
+            errors.append({"index": index, "messageId": message_id, **problem})
+    first = errors[0]
+    if total == 1:
+        text = f"Invalid message: {first['message']} (at {first['pointer'] or '/'})"
+    else:
+        text = f"{len(invalid)} of {total} messages are invalid; {accepted} valid messages were stored"
+    return InvalidMessage(
+        text,
+        "Each entry in errors names the message (index, messageId), the field (JSON pointer) and the rule.",
+        errors=errors,
+        accepted=accepted,
+        rejected=len(invalid),
+    )
+
+
+async def link_profiles(runtime: Runtime, source: Source, valid: list[dict[str, Any]], now: str) -> None:
+    """An identify whose userId is a profile (usr_…) of this workspace merges its traits into it."""
+    if runtime.profiles is None:
+        return
+    for message in valid:
+        if message["type"] != "identify":
+            continue
+        user_id, traits = message.get("userId"), message.get("traits")
+        if isinstance(user_id, str) and USER_ID.match(user_id) and isinstance(traits, dict) and traits:
+            await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, now)
+
+
+def client_ip(request: Request, trusted: tuple[Any, ...]) -> str | None:
+    """The peer address; X-Forwarded-For is believed only hop by hop from trusted proxies."""
+    peer = request.client.host if request.client else None
+    if not trusted or peer is None:
+        return peer
+    try:
+        current = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(current in network for network in trusted):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for")
+    if not forwarded:
+        return peer
+    for hop in reversed([part.strip() for part in forwarded.split(",")]):
+        try:
+            current = ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage in the chain: stop at the last address we could trust
+        if not any(current in network for network in trusted):
+            return str(current)
+    return str(current)
+
+
+async def telemetry(request: Request) -> Response:
+    """POST /v1/m: analytics-next's SDK metrics. Counted, never stored, always 200."""
+    runtime: Runtime = request.app.state.runtime
+    series = 0
+    try:
+        body = await intake.read_body(request, runtime.settings.max_request_bytes)
+        payload = orjson.loads(body) if body else {}
+        if isinstance(payload, dict) and isinstance(payload.get("series"), list):
+            series = len(payload["series"])
+    except (orjson.JSONDecodeError, BadRequest):
+        pass
+    runtime.count("telemetry_requests", "-")
+    runtime.count("telemetry_series", "-", series)
+    return success()
+
+
+async def health(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def ready(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    storage_ok = runtime.ready and await runtime.storage.ping()
+    profiles_ok = runtime.ready and (runtime.profiles is None or await runtime.profiles.ping())
+    if storage_ok and profiles_ok:
+        return Response(b'{"status":"ready"}', media_type="application/json")
+    error = StorageUnavailable(
+        "Not ready",
+        "Event storage is "
+        + ("reachable" if storage_ok else "unreachable")
+        + "; profile storage is "
+        + ("reachable" if profiles_ok else "unreachable")
+        + ".",
+        storage=storage_ok,
+        profiles=profiles_ok,
+    )
+    return error.response()

@@ -1,0 +1,118 @@
+"""The enrichment stage: what the server adds to a valid message before it is stored. Pure.
+
+Timestamps (see README "Timestamps"):
+  originalTimestamp = the client's `timestamp`, as sent
+  timestamp         = receivedAt − (sentAt − originalTimestamp)   sentAt: the event's, else the envelope's
+  fallbacks         no/unparseable sentAt → the client's timestamp (UTC, ms);
+                    no/unparseable client timestamp → receivedAt
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What the server knows about the request, the same for every message in it."""
+
+    received_at: datetime
+    ip: str | None
+    user_agent: str | None
+    envelope_context: dict[str, Any] | None = None
+    envelope_integrations: dict[str, Any] | None = None
+    envelope_sent_at: Any = None
+
+    @property
+    def received_at_text(self) -> str:
+        return format_time(self.received_at)
+
+
+def format_time(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and Z, the form analytics.js sends."""
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A client timestamp, or None when it is not a parseable ISO-8601 string."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def new_message_id() -> str:
+    return "api-" + os.urandom(16).hex()
+
+
+def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> dict[str, Any]:
+    """The stored form of a validated message. Mutates and returns `message`."""
+    message.pop("writeKey", None)  # credentials are never stored
+    for name in _ID_FIELDS:
+        if name in message:
+            value = message[name]
+            if value is None:
+                del message[name]  # python and the browser send null for "absent"
+            elif type(value) is int:
+                message[name] = str(value)
+
+    if arrival.envelope_context:
+        inner = message.get("context")
+        message["context"] = (
+            arrival.envelope_context | inner if isinstance(inner, dict) else dict(arrival.envelope_context)
+        )
+    if arrival.envelope_integrations:
+        inner = message.get("integrations")
+        message["integrations"] = (
+            arrival.envelope_integrations | inner if isinstance(inner, dict) else dict(arrival.envelope_integrations)
+        )
+
+    context = message.get("context")
+    if not isinstance(context, dict):
+        context = message["context"] = {}
+    if arrival.ip is not None and "ip" not in context:
+        context["ip"] = arrival.ip
+    if arrival.user_agent is not None and "userAgent" not in context:
+        context["userAgent"] = arrival.user_agent
+
+    if not message.get("messageId"):
+        message["messageId"] = new_message_id()
+
+    client_time = message.get("timestamp")
+    sent_at = message.get("sentAt")
+    if sent_at is None and arrival.envelope_sent_at is not None:
+        sent_at = message["sentAt"] = arrival.envelope_sent_at
+    message.pop("originalTimestamp", None)
+    if client_time is None:
+        message["timestamp"] = received_at_text
+    else:
+        message["originalTimestamp"] = client_time
+        original = parse_time(client_time)
+        sent = parse_time(sent_at)
+        if original is None:
+            message["timestamp"] = received_at_text
+        elif sent is None:
+            message["timestamp"] = _safe_format(original, received_at_text)
+        else:
+            try:
+                message["timestamp"] = format_time(arrival.received_at - (sent - original))
+            except (OverflowError, ValueError):  # absurd dates: keep the client's own time
+                message["timestamp"] = _safe_format(original, received_at_text)
+    message["receivedAt"] = received_at_text
+    return message
+
+
+def _safe_format(moment: datetime, fallback: str) -> str:
+    try:
+        return format_time(moment)
+    except (OverflowError, ValueError):
+        return fallback

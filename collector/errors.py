@@ -1,0 +1,151 @@
+"""One error shape for every answer that is not a success.
+
+    {"status": 400, "code": "invalid_json", "message": "...", "moreInfo": "...", "errors": [...]}
+
+`status` + `message` + `moreInfo` is the Attuitive API's documented shape; `code` + `message`
+is what Segment's and RudderStack's Python SDKs parse to decide a 4xx is final (without
+`code` they raise KeyError and retry forever). Extra keys (`limit`, `accepted`, ...) are
+allowed per error class.
+
+CollectorError
+ ├── BadRequest (400)            InvalidJSON, InvalidMessage, InvalidParameter, InvalidUserId, ...
+ ├── Unauthorized (401)          missing or unknown write key / token
+ ├── NotFound (404)
+ ├── PayloadTooLarge (413)       names the limit that was crossed
+ ├── UnsupportedMediaType (415)
+ └── StorageUnavailable (503)    carries Retry-After
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class CollectorError(Exception):
+    status = 500
+    code = "internal_error"
+    message = "Internal error"
+    more_info = "The collector failed to handle the request; it has been logged."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        more_info: str | None = None,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.message = message or self.message
+        self.more_info = more_info or self.more_info
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "moreInfo": self.more_info,
+        }
+        body.update(self.extra)
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.status,
+            media_type="application/json",
+            headers=self.headers | (headers or {}),
+        )
+
+
+class BadRequest(CollectorError):
+    status = 400
+    code = "bad_request"
+    message = "Bad request"
+    more_info = "The request could not be understood."
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+    message = "Invalid JSON"
+    more_info = "The body must be one JSON object (UTF-8)."
+
+
+class InvalidMessage(BadRequest):
+    code = "invalid_message"
+    message = "Invalid message"
+    more_info = "One or more messages do not match the spec; see errors."
+
+
+class InvalidParameter(BadRequest):
+    code = "invalid_parameter"
+    message = "Invalid parameter"
+
+
+class Unauthorized(CollectorError):
+    status = 401
+    code = "unauthorized"
+    message = "Unauthorized"
+    more_info = "Send a known write key (HTTP Basic user, `writeKey` in the body or ?writeKey=)."
+
+    def __init__(self, message: str | None = None, more_info: str | None = None, **kw: Any) -> None:
+        super().__init__(message, more_info, **kw)
+
+
+class NotFound(CollectorError):
+    status = 404
+    code = "not_found"
+    message = "Not found"
+    more_info = "No such resource."
+
+
+class MethodNotAllowed(CollectorError):
+    status = 405
+    code = "method_not_allowed"
+    message = "Method not allowed"
+    more_info = "This path does not accept that HTTP method."
+
+
+class PayloadTooLarge(CollectorError):
+    status = 413
+    code = "payload_too_large"
+    message = "Payload too large"
+
+
+class UnsupportedMediaType(CollectorError):
+    status = 415
+    code = "unsupported_media_type"
+    message = "Unsupported media type"
+    more_info = "Send a JSON body with Content-Type: application/json."
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    code = "unsupported_encoding"
+    message = "Unsupported Content-Encoding"
+    more_info = "Supported encodings: gzip, deflate, identity."
+
+
+class StorageUnavailable(CollectorError):
+    """Raised by storage backends for any failure that a retry may fix."""
+
+    status = 503
+    code = "storage_unavailable"
+    message = "Storage unavailable"
+    more_info = "Nothing from this request was acknowledged; retry after the number of seconds in Retry-After."
+
+    def __init__(self, message: str | None = None, more_info: str | None = None, **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": "5"})
+        super().__init__(message, more_info, **kw)
+
+
+class ConfigError(Exception):
+    """A setting or config file is wrong; raised at start-up, never per request."""

@@ -1,0 +1,246 @@
+"""Configuration: one frozen Settings object, built once from a YAML file plus COLLECTOR_* env.
+
+The YAML file maps write keys to sources, sources to workspaces, and bearer tokens to
+workspaces. Scalar settings live in the SETTINGS table (name, default, help): it drives the
+env overrides, `collector serve --help` and the README table (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from collector.errors import ConfigError
+
+WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
+INVALID_MESSAGE_MODES = ("reject", "quarantine")
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+class Setting(NamedTuple):
+    name: str
+    default: Any
+    help: str
+
+
+SETTINGS = (
+    Setting("storage", "sqlite:///collector.db", "Event storage URL (sqlite:///path, postgresql://…, nats://…)."),
+    Setting("profiles", "", "Profile storage URL; empty means the event storage (must then be sqlite or postgresql)."),
+    Setting("max_event_bytes", 32768, "Largest single event, in bytes after decompression (413 above it)."),
+    Setting("max_request_bytes", 512000, "Largest request body, in bytes after decompression (413 above it)."),
+    Setting("max_batch_events", 2500, "Most events in one batch request (413 above it)."),
+    Setting("invalid_messages", "reject", "Default for sources: `reject` (400) or `quarantine` (200, kept aside)."),
+    Setting("trusted_proxies", "", "Comma-separated CIDRs whose X-Forwarded-For is believed."),
+    Setting("admin_tokens", "", "Comma-separated bearer tokens for the read-back API (/v1/events)."),
+    Setting("sqlite_synchronous", "FULL", "SQLite synchronous pragma: FULL survives power loss, NORMAL only crashes."),
+    Setting("retry_after_seconds", 5, "Retry-After sent with 503 when storage is unavailable."),
+)
+_DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+def env_name(setting: str) -> str:
+    return "COLLECTOR_" + setting.upper()
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    name: str
+    workspace_id: str
+    invalid_messages: str = "reject"
+    allowed_origins: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: str = _DEFAULTS["storage"]
+    profiles: str = _DEFAULTS["profiles"]
+    max_event_bytes: int = _DEFAULTS["max_event_bytes"]
+    max_request_bytes: int = _DEFAULTS["max_request_bytes"]
+    max_batch_events: int = _DEFAULTS["max_batch_events"]
+    invalid_messages: str = _DEFAULTS["invalid_messages"]
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sqlite_synchronous: str = _DEFAULTS["sqlite_synchronous"]
+    retry_after_seconds: int = _DEFAULTS["retry_after_seconds"]
+    workspaces: Mapping[str, Workspace] = field(default_factory=dict)
+    # Write keys are public (they ship in browser JS), so a plain lookup is fine.
+    write_keys: Mapping[str, Source] = field(default_factory=dict)
+    # Secrets are looked up by their SHA-256, so lookup time says nothing about the token.
+    token_digests: Mapping[bytes, Workspace] = field(default_factory=dict)
+    admin_token_digests: frozenset[bytes] = frozenset()
+    config_path: str | None = None
+
+    @property
+    def profiles_url(self) -> str:
+        return self.profiles or self.storage
+
+    def workspace_for_token(self, token: str) -> Workspace | None:
+        return self.token_digests.get(digest(token))
+
+    def is_admin_token(self, token: str) -> bool:
+        return digest(token) in self.admin_token_digests
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_id(prefix: str, length: int = 16) -> str:
+    return prefix + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
+
+
+def _scalar(name: str, raw: Any) -> Any:
+    default = _DEFAULTS[name]
+    if isinstance(default, int):
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name} must be an integer, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"setting {name} must be positive, got {value}")
+        return value
+    return str(raw)
+
+
+def _as_list(raw: Any) -> list[str]:
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if isinstance(raw, list):
+        return [str(item) for item in raw]
+    raise ConfigError(f"expected a list or comma-separated string, got {raw!r}")
+
+
+def load(config_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the YAML file (if any), then COLLECTOR_* environment variables on top."""
+    environ = os.environ if environ is None else environ
+    config_path = config_path or environ.get("COLLECTOR_CONFIG") or None
+    doc: dict[str, Any] = {}
+    if config_path:
+        try:
+            loaded = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: the config file must be a mapping")
+        doc = loaded
+
+    scalars: dict[str, Any] = {}
+    file_limits = doc.get("limits") or {}
+    for setting in SETTINGS:
+        camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), setting.name)
+        raw = environ.get(env_name(setting.name))
+        if raw is None:
+            raw = doc.get(camel, file_limits.get(camel, doc.get(setting.name)))
+        if raw is not None:
+            scalars[setting.name] = raw
+
+    invalid_default = _scalar("invalid_messages", scalars.get("invalid_messages", "reject"))
+    if invalid_default not in INVALID_MESSAGE_MODES:
+        raise ConfigError(f"invalid_messages must be one of {INVALID_MESSAGE_MODES}, got {invalid_default!r}")
+    synchronous = str(scalars.get("sqlite_synchronous", "FULL")).upper()
+    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError(f"sqlite_synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+    try:
+        proxies = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in _as_list(scalars.get("trusted_proxies")))
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
+
+    workspaces: dict[str, Workspace] = {}
+    write_keys: dict[str, Source] = {}
+    tokens: dict[bytes, Workspace] = {}
+    for index, ws_doc in enumerate(doc.get("workspaces") or []):
+        where = f"workspaces[{index}]"
+        ws_id = str(ws_doc.get("id", ""))
+        if not WORKSPACE_ID.match(ws_id):
+            raise ConfigError(f"{where}.id must match ws_ + 16 letters or digits, got {ws_id!r}")
+        if ws_id in workspaces:
+            raise ConfigError(f"{where}.id {ws_id} is used twice")
+        workspace = Workspace(id=ws_id, name=str(ws_doc.get("name", ws_id)))
+        workspaces[ws_id] = workspace
+        for token in _as_list(ws_doc.get("tokens")):
+            if digest(token) in tokens:
+                raise ConfigError(f"{where}.tokens: a token maps to exactly one workspace")
+            tokens[digest(token)] = workspace
+        for s_index, src_doc in enumerate(ws_doc.get("sources") or []):
+            s_where = f"{where}.sources[{s_index}]"
+            mode = str(src_doc.get("invalidMessages", invalid_default))
+            if mode not in INVALID_MESSAGE_MODES:
+                raise ConfigError(f"{s_where}.invalidMessages must be one of {INVALID_MESSAGE_MODES}")
+            source = Source(
+                id=str(src_doc.get("id") or f"src_{s_index}"),
+                name=str(src_doc.get("name", src_doc.get("id", ""))),
+                workspace_id=ws_id,
+                invalid_messages=mode,
+                allowed_origins=tuple(_as_list(src_doc.get("allowedOrigins")) or ["*"]),
+            )
+            keys = _as_list(src_doc.get("writeKeys"))
+            if not keys:
+                raise ConfigError(f"{s_where}.writeKeys must list at least one key")
+            for key in keys:
+                if key in write_keys:
+                    raise ConfigError(f"{s_where}: write key is already used by source {write_keys[key].id}")
+                write_keys[key] = source
+
+    admin = _as_list(scalars.get("admin_tokens")) + _as_list(doc.get("adminTokens"))
+    return Settings(
+        storage=_scalar("storage", scalars.get("storage", _DEFAULTS["storage"])),
+        profiles=_scalar("profiles", scalars.get("profiles", "")),
+        max_event_bytes=_scalar("max_event_bytes", scalars.get("max_event_bytes", 32768)),
+        max_request_bytes=_scalar("max_request_bytes", scalars.get("max_request_bytes", 512000)),
+        max_batch_events=_scalar("max_batch_events", scalars.get("max_batch_events", 2500)),
+        invalid_messages=invalid_default,
+        trusted_proxies=proxies,
+        sqlite_synchronous=synchronous,
+        retry_after_seconds=_scalar("retry_after_seconds", scalars.get("retry_after_seconds", 5)),
+        workspaces=workspaces,
+        write_keys=write_keys,
+        token_digests=tokens,
+        admin_token_digests=frozenset(digest(t) for t in admin),
+        config_path=str(config_path) if config_path else None,
+    )
+
+
+def write_dev_config(path: Path) -> dict[str, str]:
+    """A one-workspace config with fresh random credentials, for `collector serve` with no config."""
+    credentials = {
+        "workspace": new_id("ws_"),
+        "write_key": new_id("", 32),
+        "token": "tok_" + secrets.token_urlsafe(24),
+        "admin_token": "adm_" + secrets.token_urlsafe(24),
+    }
+    doc = {
+        "adminTokens": [credentials["admin_token"]],
+        "workspaces": [
+            {
+                "id": credentials["workspace"],
+                "name": "Development",
+                "tokens": [credentials["token"]],
+                "sources": [{"id": "src_dev", "name": "Development", "writeKeys": [credentials["write_key"]]}],
+            }
+        ],
+    }
+    path.write_text(
+        "# Created by `collector serve` because no config was given. Holds secrets: do not commit.\n"
+        + yaml.safe_dump(doc, sort_keys=False),
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return credentials

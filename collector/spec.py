@@ -1,0 +1,275 @@
+"""The spec stage: YAML files in spec/ → draft 2020-12 JSON Schemas in spec/schemas/.
+
+The YAML is the source of truth; the generated schemas are committed so that other
+implementations (and the conformance kit) can use them without running this code.
+`check()` reports stale or invalid schemas; a test runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import yaml
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID_BASE = "https://schemas.event-collector.dev/spec/"
+CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+
+# DSL type → JSON Schema fragment. `date` stays an annotation (format is not asserted):
+# timestamps are parsed leniently at enrichment so no event is lost over a clock format.
+_TYPES: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "number": {"type": "number"},
+    "integer": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+    "object": {"type": "object"},
+    "array": {"type": "array"},
+    "any": {},
+    "date": {"type": "string", "format": "date-time"},
+    "id": {"type": ["string", "integer"]},
+}
+_PASSTHROUGH = ("enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems")
+
+
+class SpecError(Exception):
+    """The YAML spec is malformed; the message names the file and the field."""
+
+
+def default_spec_dir() -> Path:
+    """spec/ next to the package in a checkout, or the copy bundled into the wheel."""
+    if env := os.environ.get("COLLECTOR_SPEC_DIR"):
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "spec", here / "_spec"):
+        if (candidate / "common.yaml").is_file():
+            return candidate
+    raise SpecError(f"no spec directory found next to {here}; set COLLECTOR_SPEC_DIR")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The parsed YAML: common fields, call types, the batch envelope and named definitions."""
+
+    common: dict[str, Any]
+    calls: dict[str, dict[str, Any]]
+    batch: dict[str, Any]
+    definitions: dict[str, dict[str, Any]]
+    extra: dict[str, dict[str, Any]]  # other documents with `schemas:` (e.g. the profile API)
+
+
+def load(spec_dir: Path) -> Spec:
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(spec_dir.rglob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or "spec" not in doc:
+            raise SpecError(f"{path}: a spec file is a mapping with a `spec:` name")
+        docs[doc["spec"]] = doc | {"_file": str(path.relative_to(spec_dir))}
+    definitions: dict[str, dict[str, Any]] = {}
+    for doc in docs.values():
+        definitions.update(doc.get("definitions") or {})
+    missing = [name for name in ("common", "context", "batch", *CALL_TYPES) if name not in docs]
+    if missing:
+        raise SpecError(f"spec files missing for: {', '.join(missing)}")
+    extra = {name: doc for name, doc in docs.items() if "schemas" in doc}
+    return Spec(
+        common=docs["common"],
+        calls={name: docs[name] for name in CALL_TYPES},
+        batch=docs["batch"],
+        definitions=definitions,
+        extra=extra,
+    )
+
+
+class _Generator:
+    """Turns field specs into schema fragments, collecting the definitions they use."""
+
+    def __init__(self, definitions: dict[str, dict[str, Any]]) -> None:
+        self.definitions = definitions
+        self.used: dict[str, dict[str, Any]] = {}
+
+    def field(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        if "use" in spec:
+            name = spec["use"]
+            if name not in self.definitions:
+                raise SpecError(f"{where}: unknown definition {name!r}")
+            if name not in self.used:
+                self.used[name] = {}  # placeholder first: definitions may refer to each other
+                self.used[name] = self.field(self.definitions[name], f"definitions.{name}")
+            ref: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
+            if spec.get("nullable"):
+                return {"anyOf": [ref, {"type": "null"}]}
+            return ref
+        schema: dict[str, Any] = {}
+        if "description" in spec:
+            schema["description"] = " ".join(str(spec["description"]).split())
+        types = spec.get("type", "any")
+        types = types if isinstance(types, list) else [types]
+        json_types: list[str] = []
+        for name in types:
+            if name not in _TYPES:
+                raise SpecError(f"{where}: unknown type {name!r}")
+            fragment = _TYPES[name]
+            if "type" in fragment:
+                fragment_types = fragment["type"]
+                json_types += fragment_types if isinstance(fragment_types, list) else [fragment_types]
+            if "format" in fragment:
+                schema["format"] = fragment["format"]
+        if spec.get("nullable"):
+            json_types.append("null")
+        if json_types:
+            unique = list(dict.fromkeys(json_types))
+            schema["type"] = unique[0] if len(unique) == 1 else unique
+        if "id" in types and "minLength" not in spec:
+            schema["minLength"] = 1
+        for key in _PASSTHROUGH:
+            if key in spec:
+                schema[key] = spec[key]
+        if "fields" in spec:
+            schema.update(self.object_body(spec["fields"], where, spec.get("additionalFields", True)))
+        if "items" in spec:
+            schema["items"] = self.field(spec["items"], f"{where}[]")
+        return schema
+
+    def object_body(self, fields: dict[str, Any], where: str, additional: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {"properties": {}}
+        required = []
+        for name, field_spec in (fields or {}).items():
+            if not isinstance(field_spec, dict):
+                raise SpecError(f"{where}.{name}: a field spec is a mapping")
+            body["properties"][name] = self.field(field_spec, f"{where}.{name}")
+            if field_spec.get("required"):
+                required.append(name)
+        if required:
+            body["required"] = required
+        if not additional:
+            body["additionalProperties"] = False
+        return body
+
+    def finish(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self.used:
+            schema["$defs"] = dict(sorted(self.used.items()))
+        return schema
+
+
+def _identity_rule(identity: Any, where: str) -> dict[str, Any]:
+    """`anyOf: [userId, anonymousId]` → at least one of them present and not null."""
+    if identity in (None, "none"):
+        return {}
+    if not isinstance(identity, dict) or "anyOf" not in identity:
+        raise SpecError(f"{where}: identity is `none` or a mapping with anyOf")
+    branches = [
+        {"required": [name], "properties": {name: {"type": ["string", "integer"]}}} for name in identity["anyOf"]
+    ]
+    return {
+        "anyOf": branches,
+        "x-errorMessage": {"anyOf": {"message": identity["message"], "field": identity.get("field")}},
+    }
+
+
+def call_schema(spec: Spec, call: str) -> dict[str, Any]:
+    doc = spec.calls[call]
+    generator = _Generator(spec.definitions)
+    fields = dict(spec.common["fields"]) | dict(doc.get("fields") or {})
+    schema: dict[str, Any] = {
+        "$schema": DIALECT,
+        "$id": f"{SCHEMA_ID_BASE}{call}.json",
+        "title": f"Segment {call} message",
+        "description": " ".join(doc["description"].split()),
+        "type": "object",
+    }
+    schema.update(generator.object_body(fields, call))
+    schema["properties"]["type"] = {"const": call, "description": f"Always {call!r} for this schema."}
+    identity = doc.get("identity", spec.common.get("identity"))
+    schema.update(_identity_rule(identity, call))
+    return generator.finish(schema)
+
+
+def batch_schema(spec: Spec) -> dict[str, Any]:
+    generator = _Generator(spec.definitions)
+    schema: dict[str, Any] = {
+        "$schema": DIALECT,
+        "$id": f"{SCHEMA_ID_BASE}batch.json",
+        "title": "Segment batch envelope",
+        "description": " ".join(spec.batch["description"].split()),
+        "type": "object",
+    }
+    schema.update(generator.object_body(spec.batch["fields"], "batch"))
+    return generator.finish(schema)
+
+
+def extra_schemas(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Documents with a `schemas:` mapping (name → object field spec), e.g. profile API bodies."""
+    out: dict[str, dict[str, Any]] = {}
+    for doc in spec.extra.values():
+        for name, body in doc["schemas"].items():
+            generator = _Generator(spec.definitions)
+            schema: dict[str, Any] = {
+                "$schema": DIALECT,
+                "$id": f"{SCHEMA_ID_BASE}{name}.json",
+                "title": body.get("title", name),
+                "description": " ".join(str(body.get("description", "")).split()),
+            }
+            schema.update(generator.field({k: v for k, v in body.items() if k != "title"}, name))
+            schema.pop("description", None) if not schema.get("description") else None
+            out[name] = generator.finish(schema)
+    return out
+
+
+def build(spec_dir: Path) -> dict[str, dict[str, Any]]:
+    """All generated schemas by file stem, each checked against the 2020-12 meta-schema."""
+    spec = load(spec_dir)
+    schemas = {call: call_schema(spec, call) for call in CALL_TYPES}
+    schemas["batch"] = batch_schema(spec)
+    schemas.update(extra_schemas(spec))
+    for name, schema in schemas.items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise SpecError(f"generated schema {name!r} is invalid: {exc.message}") from exc
+    return schemas
+
+
+def render(schema: dict[str, Any]) -> bytes:
+    return orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def write(spec_dir: Path) -> list[Path]:
+    out_dir = spec_dir / "schemas"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    schemas = build(spec_dir)
+    for name, schema in schemas.items():
+        path = out_dir / f"{name}.json"
+        path.write_bytes(render(schema))
+        written.append(path)
+    for stale in set(out_dir.glob("*.json")) - set(written):
+        stale.unlink()
+    return written
+
+
+def check(spec_dir: Path) -> list[str]:
+    """Problems that make the committed schemas differ from what the YAML generates."""
+    problems = []
+    out_dir = spec_dir / "schemas"
+    schemas = build(spec_dir)
+    for name, schema in schemas.items():
+        path = out_dir / f"{name}.json"
+        if not path.is_file():
+            problems.append(f"{path} is missing (run `collector spec build`)")
+        elif path.read_bytes() != render(schema):
+            problems.append(f"{path} is stale (run `collector spec build`)")
+    extra: Iterable[Path] = set(out_dir.glob("*.json")) - {out_dir / f"{n}.json" for n in schemas}
+    problems += [f"{path} is not generated by any spec file" for path in sorted(extra)]
+    return problems
+
+
+def load_schemas(spec_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The committed schemas, as the server uses them."""
+    out_dir = (spec_dir or default_spec_dir()) / "schemas"
+    return {path.stem: orjson.loads(path.read_bytes()) for path in sorted(out_dir.glob("*.json"))}

@@ -1,0 +1,161 @@
+"""The storage contracts: `Storage` for events, `ProfileStore` for user profiles.
+
+A backend module's docstring starts with its URL form. `write` returns only once the data
+is durable (committed, or acknowledged by the stream) and raises StorageUnavailable for
+anything a retry may fix; the endpoint turns that into 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    workspace_id: str
+    source_id: str
+    message_id: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    received_at: str
+    timestamp: str
+    body: bytes  # the enriched message, JSON
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedEvent:
+    workspace_id: str
+    source_id: str
+    message_id: str | None
+    received_at: str
+    body: bytes  # the message as sent (minus its write key), JSON
+    errors: bytes  # JSON list of {pointer, keyword, message}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: int  # new events
+    duplicates: int  # events whose (workspace, messageId) was already stored
+    quarantined: int = 0
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    workspace_id: str | None = None
+    source_id: str | None = None
+    message_id: str | None = None
+    type: str | None = None
+    event: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    since: str | None = None  # receivedAt >= since (ISO-8601, compared as text in UTC ms Z form)
+    until: str | None = None  # receivedAt < until
+    after: int = 0  # cursor: position of the last item already seen
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class EventPage:
+    items: list[dict[str, Any]]  # {"position", "workspaceId", "sourceId", "event": {...}}
+    next_after: int | None = None
+
+
+@dataclass
+class UserPage:
+    users: list[dict[str, Any]]
+    next_after: int | None = None
+    previous_before: int | None = None
+    positions: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """True when a write would be attempted now (for /ready)."""
+        ...
+
+    async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
+        """Return when durable; duplicates are skipped and counted, not errors."""
+        ...
+
+    async def read_events(self, query: EventQuery) -> EventPage: ...
+
+    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage: ...
+
+
+@runtime_checkable
+class ProfileStore(Protocol):
+    """User profiles of the Attuitive-compatible API; every method is scoped to one workspace."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def create_user(
+        self, workspace_id: str, user_id: str, identifiers: dict[str, Any], traits: dict[str, Any], now: str
+    ) -> dict[str, Any]: ...
+
+    async def get_user(self, workspace_id: str, user_id: str) -> dict[str, Any] | None: ...
+
+    async def merge_user(
+        self,
+        workspace_id: str,
+        user_id: str,
+        identifiers: dict[str, Any] | None,
+        traits: dict[str, Any] | None,
+        now: str,
+    ) -> dict[str, Any] | None:
+        """Top-level append & merge, atomically; a key sent as null is removed. None if absent."""
+        ...
+
+    async def delete_user(self, workspace_id: str, user_id: str) -> bool: ...
+
+    async def search_users(
+        self,
+        workspace_id: str,
+        filters: list[tuple[list[str], str]],
+        limit: int,
+        after: int | None,
+        before: int | None,
+    ) -> UserPage:
+        """Users whose identifiers match every (path, value) filter, in creation order."""
+        ...
+
+
+def merge_top_level(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Sent keys override, unsent keys persist, a key sent as null is removed. Nested objects
+    are values like any other: a sent object replaces the stored one whole."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def user_object(
+    user_id: str,
+    workspace_id: str,
+    identifiers: dict[str, Any],
+    traits: dict[str, Any],
+    created_at: str,
+    updated_at: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": user_id,
+        "workspaceId": workspace_id,
+        "identifiers": identifiers,
+        "traits": traits,
+        "createdAt": created_at,
+        "updatedAt": updated_at,
+    }

@@ -1,0 +1,455 @@
+"""sqlite:///relative/path.db or sqlite:////absolute/path.db — the embedded default.
+
+WAL mode; one writer thread per process owns the write connection and does group commit:
+whatever requests are waiting when a transaction starts share it, and each one's future
+resolves only after COMMIT returned. Transactions start with BEGIN IMMEDIATE so several
+processes (`--workers N`) serialise on SQLite's lock and profile merges stay atomic.
+Reads run on their own connections in a small thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from collector.errors import StorageUnavailable
+from collector.storage.base import (
+    EventPage,
+    EventQuery,
+    QuarantinedEvent,
+    StoredEvent,
+    UserPage,
+    WriteResult,
+    merge_top_level,
+    user_object,
+)
+
+SCHEMA_VERSION = 1
+MIGRATIONS = {
+    1: """
+    CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        workspace_id TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        event TEXT,
+        user_id TEXT,
+        anonymous_id TEXT,
+        received_at TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        body BLOB NOT NULL,
+        UNIQUE (workspace_id, message_id)
+    );
+    CREATE INDEX IF NOT EXISTS events_message_id ON events (message_id);
+    CREATE INDEX IF NOT EXISTS events_user ON events (workspace_id, user_id);
+    CREATE TABLE IF NOT EXISTS quarantine (
+        position INTEGER PRIMARY KEY,
+        workspace_id TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        message_id TEXT,
+        received_at TEXT NOT NULL,
+        body BLOB NOT NULL,
+        errors BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS profiles (
+        position INTEGER PRIMARY KEY,
+        workspace_id TEXT NOT NULL,
+        id TEXT NOT NULL UNIQUE,
+        identifiers BLOB NOT NULL,
+        traits BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT
+    );
+    CREATE INDEX IF NOT EXISTS profiles_workspace ON profiles (workspace_id, position);
+    """,
+}
+MAX_GROUP = 512  # operations (requests) per transaction
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (workspace_id, source_id, message_id, type, event, user_id,"
+    " anonymous_id, received_at, timestamp, body) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_QUARANTINE = (
+    "INSERT INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors) VALUES (?,?,?,?,?,?)"
+)
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+def path_from_url(url: str) -> str:
+    parts = urlsplit(url)
+    path = unquote(parts.netloc + parts.path)
+    if path.startswith("/") and not parts.netloc:
+        path = path[1:]  # sqlite:///rel.db → rel.db; sqlite:////abs.db → /abs.db
+    if not path:
+        raise ValueError(f"no database path in {url!r}")
+    return path
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SQLiteStorage:
+    def __init__(self, url: str, synchronous: str = "FULL") -> None:
+        self.path = path_from_url(url)
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = 0  # users of this instance (events and profiles may share one)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.path!r})"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self._writer is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        parent = Path(self.path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        conn = await asyncio.to_thread(self._open_and_migrate)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True)
+        self._writer.start()
+
+    def _open_and_migrate(self) -> sqlite3.Connection:
+        conn = _connect(self.path, self.synchronous)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn
+
+    async def close(self) -> None:
+        self._opened -= 1
+        if self._opened > 0 or self._writer is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._writer = None
+        self._readers.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        if self._writer is None or not self._writer.is_alive():
+            return False
+        try:
+            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        except Exception:
+            return False
+        return True
+
+    # --- the writer ---------------------------------------------------------------------------
+
+    async def _submit(self, operation: Operation) -> Any:
+        if self._writer is None:
+            raise StorageUnavailable("Storage is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put((operation, future))
+        return await future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            outcomes = self._run_group(conn, group)
+            loop.call_soon_threadsafe(_settle, outcomes)
+            if stop:
+                break
+        conn.close()
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[tuple[Operation, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        try:
+            return [
+                (future, True, result)
+                for future, result in zip(
+                    [f for _, f in group], self._transaction(conn, [op for op, _ in group]), strict=True
+                )
+            ]
+        except Exception as exc:
+            if len(group) == 1:
+                return [(group[0][1], False, _unavailable(exc))]
+        # One operation spoiled the shared transaction: run each alone so the others still land.
+        outcomes = []
+        for operation, future in group:
+            try:
+                outcomes.append((future, True, self._transaction(conn, [operation])[0]))
+            except Exception as exc:
+                outcomes.append((future, False, _unavailable(exc)))
+        return outcomes
+
+    def _transaction(self, conn: sqlite3.Connection, operations: list[Operation]) -> list[Any]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [operation(conn) for operation in operations]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
+        rows = [
+            (
+                e.workspace_id,
+                e.source_id,
+                e.message_id,
+                e.type,
+                e.event,
+                e.user_id,
+                e.anonymous_id,
+                e.received_at,
+                e.timestamp,
+                e.body,
+            )
+            for e in events
+        ]
+        bad = [(q.workspace_id, q.source_id, q.message_id, q.received_at, q.body, q.errors) for q in quarantined or ()]
+
+        def insert(conn: sqlite3.Connection) -> WriteResult:
+            before = conn.total_changes
+            if rows:
+                conn.executemany(_INSERT_EVENT, rows)
+            stored = conn.total_changes - before
+            if bad:
+                conn.executemany(_INSERT_QUARANTINE, bad)
+            return WriteResult(stored=stored, duplicates=len(rows) - stored, quarantined=len(bad))
+
+        return await self._submit(insert)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _connect(self.path, self.synchronous)
+            return query(conn)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+
+    async def read_events(self, query: EventQuery) -> EventPage:
+        clauses: list[str] = ["position > ?"]
+        params: list[Any] = [query.after]
+        for column, value in (
+            ("workspace_id", query.workspace_id),
+            ("source_id", query.source_id),
+            ("message_id", query.message_id),
+            ("type", query.type),
+            ("event", query.event),
+            ("user_id", query.user_id),
+            ("anonymous_id", query.anonymous_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            clauses.append("received_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("received_at < ?")
+            params.append(query.until)
+        sql = (
+            "SELECT position, workspace_id, source_id, body FROM events WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY position LIMIT ?"
+        )
+        rows = await self._read(lambda conn: conn.execute(sql, [*params, query.limit + 1]).fetchall())
+        return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
+
+    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+        sql = "SELECT position, workspace_id, source_id, body, errors, message_id, received_at FROM quarantine"
+        sql += " WHERE position > ?" + (" AND workspace_id = ?" if workspace_id else "") + " ORDER BY position LIMIT ?"
+        params: list[Any] = [after, *([workspace_id] if workspace_id else []), limit + 1]
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return _page(
+            rows,
+            limit,
+            lambda r: {
+                "messageId": r[5],
+                "receivedAt": r[6],
+                "errors": orjson.loads(r[4]),
+                "event": orjson.loads(r[3]),
+            },
+        )
+
+    # --- profiles -----------------------------------------------------------------------------
+
+    async def create_user(
+        self, workspace_id: str, user_id: str, identifiers: dict[str, Any], traits: dict[str, Any], now: str
+    ) -> dict[str, Any]:
+        identifiers_json, traits_json = orjson.dumps(identifiers), orjson.dumps(traits)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO profiles (workspace_id, id, identifiers, traits, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,NULL)",
+                (workspace_id, user_id, identifiers_json, traits_json, now),
+            )
+
+        await self._submit(insert)
+        return user_object(user_id, workspace_id, identifiers, traits, now, None)
+
+    async def get_user(self, workspace_id: str, user_id: str) -> dict[str, Any] | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT identifiers, traits, created_at, updated_at FROM profiles WHERE workspace_id=? AND id=?",
+                (workspace_id, user_id),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return user_object(user_id, workspace_id, orjson.loads(row[0]), orjson.loads(row[1]), row[2], row[3])
+
+    async def merge_user(
+        self,
+        workspace_id: str,
+        user_id: str,
+        identifiers: dict[str, Any] | None,
+        traits: dict[str, Any] | None,
+        now: str,
+    ) -> dict[str, Any] | None:
+        def merge(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT identifiers, traits, created_at FROM profiles WHERE workspace_id=? AND id=?",
+                (workspace_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            new_identifiers = merge_top_level(orjson.loads(row[0]), identifiers or {})
+            new_traits = merge_top_level(orjson.loads(row[1]), traits or {})
+            conn.execute(
+                "UPDATE profiles SET identifiers=?, traits=?, updated_at=? WHERE workspace_id=? AND id=?",
+                (orjson.dumps(new_identifiers), orjson.dumps(new_traits), now, workspace_id, user_id),
+            )
+            return user_object(user_id, workspace_id, new_identifiers, new_traits, row[2], now)
+
+        return await self._submit(merge)
+
+    async def delete_user(self, workspace_id: str, user_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM profiles WHERE workspace_id=? AND id=?", (workspace_id, user_id))
+            return cursor.rowcount > 0
+
+        return await self._submit(delete)
+
+    async def search_users(
+        self,
+        workspace_id: str,
+        filters: list[tuple[list[str], str]],
+        limit: int,
+        after: int | None,
+        before: int | None,
+    ) -> UserPage:
+        where, params = ["workspace_id = ?"], [workspace_id]
+        for path, value in filters:
+            json_path = "$" + "".join('."' + key + '"' for key in path)
+            # Query values are text; an identifier matches as a string or as the JSON literal
+            # of a number or boolean (?age=34, ?vip=true).
+            where.append("(identifiers -> ?) IN (?, ?)")
+            params += [json_path, orjson.dumps(value).decode(), value]
+        filters_sql = " AND ".join(where)
+
+        def run(conn: sqlite3.Connection) -> UserPage:
+            if before is not None:
+                rows = conn.execute(
+                    f"SELECT position, id, identifiers, traits, created_at, updated_at FROM profiles"
+                    f" WHERE {filters_sql} AND position < ? ORDER BY position DESC LIMIT ?",
+                    [*params, before, limit + 1],
+                ).fetchall()
+                more_before = len(rows) > limit
+                rows = list(reversed(rows[:limit]))
+                more_after = bool(rows) and _exists(conn, filters_sql, params, "position > ?", rows[-1][0])
+            else:
+                start = after or 0
+                rows = conn.execute(
+                    f"SELECT position, id, identifiers, traits, created_at, updated_at FROM profiles"
+                    f" WHERE {filters_sql} AND position > ? ORDER BY position LIMIT ?",
+                    [*params, start, limit + 1],
+                ).fetchall()
+                more_after = len(rows) > limit
+                rows = rows[:limit]
+                more_before = bool(rows) and _exists(conn, filters_sql, params, "position < ?", rows[0][0])
+            return UserPage(
+                users=[
+                    user_object(r[1], workspace_id, orjson.loads(r[2]), orjson.loads(r[3]), r[4], r[5]) for r in rows
+                ],
+                next_after=rows[-1][0] if rows and more_after else None,
+                previous_before=rows[0][0] if rows and more_before else None,
+                positions=[r[0] for r in rows],
+            )
+
+        return await self._read(run)
+
+
+def _exists(conn: sqlite3.Connection, filters_sql: str, params: list[Any], bound: str, position: int) -> bool:
+    sql = f"SELECT 1 FROM profiles WHERE {filters_sql} AND {bound} LIMIT 1"
+    return conn.execute(sql, [*params, position]).fetchone() is not None
+
+
+def _page(rows: list[Any], limit: int, render: Callable[[Any], dict[str, Any]]) -> EventPage:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{"position": r[0], "workspaceId": r[1], "sourceId": r[2]} | render(r) for r in rows]
+    return EventPage(items=items, next_after=rows[-1][0] if more and rows else None)
+
+
+def _unavailable(exc: BaseException) -> Exception:
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    return StorageUnavailable(more_info=f"SQLite error: {exc}. Nothing from this request was stored; retry.")
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the request was cancelled (client gone); the data is stored anyway
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

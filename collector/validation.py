@@ -1,0 +1,89 @@
+"""The validation stage: each message against the compiled schema of its type.
+
+Validators are compiled once at start-up (jsonschema-rs). The common case, a valid message,
+costs one `is_valid` call; errors are collected only for invalid ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+
+from collector.spec import CALL_TYPES
+
+MAX_ERRORS_PER_MESSAGE = 20
+
+
+def pointer(path: Any) -> str:
+    """RFC 6901 JSON pointer from a jsonschema-rs path."""
+    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in path]
+    return "/" + "/".join(parts) if parts else ""
+
+
+class Validators:
+    def __init__(self, schemas: dict[str, dict[str, Any]]) -> None:
+        self.schemas = schemas
+        self.by_type = {name: jsonschema_rs.validator_for(schemas[name]) for name in CALL_TYPES}
+        self.extra = {
+            name: jsonschema_rs.validator_for(schema) for name, schema in schemas.items() if name not in self.by_type
+        }
+
+    def errors(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """None when the message is valid, else its errors: pointer, keyword, message."""
+        validator = self.by_type.get(message.get("type"))  # type: ignore[arg-type]
+        if validator is None:
+            kind = message.get("type")
+            return [
+                {
+                    "pointer": "/type",
+                    "keyword": "required" if kind is None else "enum",
+                    "message": "type is required" if kind is None else f"unknown message type {kind!r}",
+                }
+            ]
+        if validator.is_valid(message):
+            return None
+        return self._describe(validator, self.schemas[message["type"]], message)
+
+    def errors_for(self, schema_name: str, instance: Any) -> list[dict[str, Any]] | None:
+        validator = self.extra[schema_name]
+        if validator.is_valid(instance):
+            return None
+        return self._describe(validator, self.schemas[schema_name], instance)
+
+    def _describe(self, validator: Any, schema: dict[str, Any], instance: Any) -> list[dict[str, Any]]:
+        found = []
+        for error in validator.iter_errors(instance):
+            keyword = str(error.schema_path[-1]) if error.schema_path else ""
+            path = list(error.instance_path)
+            if keyword == "required":  # point at the missing field itself, not its parent
+                path.append(error.kind.property)
+            entry = {"pointer": pointer(path), "keyword": keyword, "message": error.message}
+            custom = _custom_message(schema, list(error.schema_path))
+            if custom:
+                entry["message"] = custom["message"]
+                if custom.get("field"):
+                    entry["pointer"] = pointer([*error.instance_path, custom["field"]])
+            found.append(entry)
+            if len(found) >= MAX_ERRORS_PER_MESSAGE:
+                break
+        found.sort(key=lambda e: e["pointer"])
+        return found
+
+
+def _custom_message(schema: dict[str, Any], schema_path: list[Any]) -> dict[str, Any] | None:
+    """`x-errorMessage` of the schema node holding the failed keyword (e.g. the identity anyOf)."""
+    if not schema_path:
+        return None
+    node: Any = schema
+    for part in schema_path[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    if isinstance(node, dict):
+        messages = node.get("x-errorMessage")
+        if isinstance(messages, dict):
+            found = messages.get(str(schema_path[-1]))
+            return found if isinstance(found, dict) else None
+    return None
