@@ -35,8 +35,12 @@ class Arrival:
 
 def format_time(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and Z, the form analytics.js sends."""
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+        f"{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_time(value: Any) -> datetime | None:
