@@ -20,8 +20,8 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 
 def too_large(limit: str, value: int, what: str) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"{what} is larger than {limit} ({value} bytes)",
-        f"The limit {limit} is {value} bytes, measured after decompression. Split the data into smaller requests.",
+        "Payload too large",
+        f"{what} is larger than {limit} ({value} bytes, measured after decompression). Send smaller requests.",
         limit=limit,
         limitValue=value,
     )
@@ -109,8 +109,8 @@ def split_batch(payload: dict[str, Any], max_events: int) -> list[Any]:
         )
     if len(batch) > max_events:
         raise PayloadTooLarge(
-            f"Batch has {len(batch)} events, more than maxBatchEvents ({max_events})",
-            f"The limit maxBatchEvents is {max_events} events per request. Split the batch.",
+            "Payload too large",
+            f"The batch has {len(batch)} events, more than maxBatchEvents ({max_events}). Split the batch.",
             limit="maxBatchEvents",
             limitValue=max_events,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,20 @@ def test_event_sent_at_wins_over_the_envelope() -> None:
     ("message", "timestamp", "original"),
     [
         ({"timestamp": "2026-11-23T09:40:16.835+00:00"}, "2026-11-23T09:40:16.835Z", "2026-11-23T09:40:16.835+00:00"),
-        ({"timestamp": "2026-11-23T09:40:16.835Z", "sentAt": "yesterday"}, "2026-11-23T09:40:16.835Z",
-         "2026-11-23T09:40:16.835Z"),
+        (
+            {"timestamp": "2026-11-23T09:40:16.835Z", "sentAt": "yesterday"},
+            "2026-11-23T09:40:16.835Z",
+            "2026-11-23T09:40:16.835Z",
+        ),
         ({"timestamp": "2026-11-23T09:40:16"}, "2026-11-23T09:40:16.000Z", "2026-11-23T09:40:16"),  # no offset: UTC
         ({}, "2026-11-23T12:00:00.500Z", None),
         ({"sentAt": "2026-11-23T09:40:16Z"}, "2026-11-23T12:00:00.500Z", None),
         ({"timestamp": "soon", "sentAt": "2026-11-23T09:40:16Z"}, "2026-11-23T12:00:00.500Z", "soon"),
-        ({"timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}, "0001-01-01T00:00:00.000Z",
-         "0001-01-01T00:00:00Z"),
+        (
+            {"timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"},
+            "0001-01-01T00:00:00.000Z",
+            "0001-01-01T00:00:00Z",
+        ),
     ],
     ids=["no-sentAt", "bad-sentAt", "naive-time", "no-timestamp", "sentAt-only", "bad-timestamp", "overflow"],
 )

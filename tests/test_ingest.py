@@ -29,7 +29,9 @@ MINIMAL = {
 
 
 def post(client: TestClient, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
-    return client.post(path, content=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
+    return client.post(
+        path, content=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 def assert_success(answer: Any) -> None:
@@ -116,7 +118,9 @@ def test_chunked_body_without_content_length(client: TestClient) -> None:
     ],
     ids=["basic-colon", "basic-no-colon", "body", "bearer+body", "query"],
 )
-def test_every_auth_form_is_accepted(client: TestClient, headers: dict[str, str], body_key: str | None, query: str) -> None:
+def test_every_auth_form_is_accepted(
+    client: TestClient, headers: dict[str, str], body_key: str | None, query: str
+) -> None:
     body: dict[str, Any] = {"event": "A", "userId": "u", "messageId": "auth-1"}
     if body_key:
         body["writeKey"] = body_key
@@ -223,8 +227,12 @@ def replay(client: TestClient, capture: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "capture",
-    ["analytics-next-browser-default.jsonl", "analytics-next-browser-batching.jsonl", "analytics-node.jsonl",
-     "segment-python.jsonl"],
+    [
+        "analytics-next-browser-default.jsonl",
+        "analytics-next-browser-batching.jsonl",
+        "analytics-node.jsonl",
+        "segment-python.jsonl",
+    ],
 )
 def test_real_client_captures_are_stored_once_each(client: TestClient, capture: str) -> None:
     sent = replay(client, capture)
@@ -248,8 +256,12 @@ def test_real_client_captures_are_stored_once_each(client: TestClient, capture: 
 
 
 def test_quarantine_mode_answers_200_and_keeps_invalid_events_with_errors(client: TestClient) -> None:
-    batch = {"batch": [{"type": "track", "userId": "u", "messageId": "bad-1"},
-                       {"type": "track", "event": "Fine", "userId": "u", "messageId": "good-1"}]}
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "u", "messageId": "bad-1"},
+            {"type": "track", "event": "Fine", "userId": "u", "messageId": "good-1"},
+        ]
+    }
     assert_success(post(client, "/v1/batch", batch, basic(QUARANTINE_KEY)))
     assert [e["messageId"] for e in stored(client)] == ["good-1"]
     quarantined = client.get("/v1/quarantine", headers=bearer(ADMIN)).json()["data"]
@@ -261,12 +273,14 @@ def test_quarantine_mode_answers_200_and_keeps_invalid_events_with_errors(client
 
 
 def test_reject_mode_stores_the_valid_part_of_a_batch_and_says_so(client: TestClient) -> None:
-    batch = {"batch": [
-        {"type": "track", "event": "A", "userId": "u", "messageId": "ok-1"},
-        {"type": "track", "event": "B", "userId": "u", "messageId": "bad-rev", "properties": {"revenue": "x"}},
-        {"type": "identify", "messageId": "no-id"},
-        {"type": "track", "event": "C", "anonymousId": "a", "messageId": "ok-2"},
-    ]}
+    batch = {
+        "batch": [
+            {"type": "track", "event": "A", "userId": "u", "messageId": "ok-1"},
+            {"type": "track", "event": "B", "userId": "u", "messageId": "bad-rev", "properties": {"revenue": "x"}},
+            {"type": "identify", "messageId": "no-id"},
+            {"type": "track", "event": "C", "anonymousId": "a", "messageId": "ok-2"},
+        ]
+    }
     answer = post(client, "/v1/batch", batch, basic(WRITE_KEY))
     assert answer.status_code == 400
     body = answer.json()
@@ -283,8 +297,14 @@ def test_envelope_context_and_integrations_merge_into_items_item_wins(client: Te
         "context": {"library": {"name": "env"}, "locale": "fr-FR"},
         "integrations": {"All": False, "Mixpanel": True},
         "batch": [
-            {"type": "track", "event": "A", "userId": "u", "messageId": "m1", "context": {"locale": "en-US"},
-             "integrations": {"Mixpanel": False}},
+            {
+                "type": "track",
+                "event": "A",
+                "userId": "u",
+                "messageId": "m1",
+                "context": {"locale": "en-US"},
+                "integrations": {"Mixpanel": False},
+            },
             {"type": "track", "event": "B", "userId": "u", "messageId": "m2"},
         ],
     }
@@ -308,8 +328,13 @@ def test_one_received_at_per_request_and_generated_message_ids(client: TestClien
 
 
 def test_client_values_for_server_fields_are_overwritten(client: TestClient) -> None:
-    body = {"event": "A", "userId": "u", "messageId": "srv-1", "receivedAt": "2000-01-01T00:00:00Z",
-            "originalTimestamp": "2000-01-01T00:00:00Z"}
+    body = {
+        "event": "A",
+        "userId": "u",
+        "messageId": "srv-1",
+        "receivedAt": "2000-01-01T00:00:00Z",
+        "originalTimestamp": "2000-01-01T00:00:00Z",
+    }
     assert_success(post(client, "/v1/track", body, basic(WRITE_KEY)))
     [event] = stored(client, messageId="srv-1")
     assert event["receivedAt"] != "2000-01-01T00:00:00Z"
@@ -322,9 +347,18 @@ def test_integer_ids_are_stored_as_strings(client: TestClient) -> None:
 
 
 def test_user_agent_header_fills_context_when_absent(client: TestClient) -> None:
-    post(client, "/v1/track", {"event": "A", "userId": "u", "messageId": "ua-1"}, basic(WRITE_KEY) | {"User-Agent": "sdk/1"})
-    post(client, "/v1/track", {"event": "A", "userId": "u", "messageId": "ua-2", "context": {"userAgent": "mine"}},
-         basic(WRITE_KEY) | {"User-Agent": "sdk/1"})
+    post(
+        client,
+        "/v1/track",
+        {"event": "A", "userId": "u", "messageId": "ua-1"},
+        basic(WRITE_KEY) | {"User-Agent": "sdk/1"},
+    )
+    post(
+        client,
+        "/v1/track",
+        {"event": "A", "userId": "u", "messageId": "ua-2", "context": {"userAgent": "mine"}},
+        basic(WRITE_KEY) | {"User-Agent": "sdk/1"},
+    )
     assert stored(client, messageId="ua-1")[0]["context"]["userAgent"] == "sdk/1"
     assert stored(client, messageId="ua-2")[0]["context"]["userAgent"] == "mine"
 

@@ -31,8 +31,14 @@ def read_all(server: Server, **params: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_segment_python_sdk_every_call_is_stored(server: Server, gzip: bool) -> None:
     errors: list[Any] = []
-    sdk = Client(WRITE_KEY, host=server.url, gzip=gzip, sync_mode=True, max_retries=0,
-                 on_error=lambda error, batch: errors.append(error))
+    sdk = Client(
+        WRITE_KEY,
+        host=server.url,
+        gzip=gzip,
+        sync_mode=True,
+        max_retries=0,
+        on_error=lambda error, batch: errors.append(error),
+    )
     sdk.identify("user-1", {"email": "a@example.com", "plan": "pro"})
     sdk.track("user-1", "Course Clicked", {"title": "Intro", "revenue": 19.99, "currency": "USD"})
     sdk.page("user-1", name="Home", properties={"path": "/", "url": "https://example.com/"})
