@@ -95,18 +95,19 @@ def path_from_url(url: str) -> str:
     return path
 
 
-def _connect(path: str, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+def _connect(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
 class SQLiteStorage:
-    def __init__(self, url: str, synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> None:
         self.path = path_from_url(url)
         self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
@@ -131,7 +132,7 @@ class SQLiteStorage:
         self._writer.start()
 
     def _open_and_migrate(self) -> sqlite3.Connection:
-        conn = _connect(self.path, self.synchronous)
+        conn = _connect(self.path, self.synchronous, self.busy_timeout_ms)
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -265,7 +266,7 @@ class SQLiteStorage:
         def run() -> Any:
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = _connect(self.path, self.synchronous)
+                conn = self._local.conn = _connect(self.path, self.synchronous, self.busy_timeout_ms)
             return query(conn)
 
         try:
