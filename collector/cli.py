@@ -146,6 +146,45 @@ def tail(args: argparse.Namespace) -> int:
                 return 0
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    from collector import plan_tools
+    from collector.plans import default_plans_dir, load_plans
+    from collector.spec import SpecError
+
+    plans_dir = Path(args.plans_dir) if args.plans_dir else default_plans_dir()
+    try:
+        if args.plan_action == "lint":
+            problems = plan_tools.lint(plans_dir)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            if not problems:
+                print(f"{plans_dir}: plans are valid")
+            return 1 if problems else 0
+        if args.plan_action == "check":
+            plans, _ = load_plans(plans_dir)
+            if args.plan not in plans:
+                print(
+                    f"collector: no plan {args.plan!r} in {plans_dir} (have: {', '.join(sorted(plans))})",
+                    file=sys.stderr,
+                )
+                return 2
+            report = plan_tools.check_file(Path(args.file), plans[args.plan])
+            print(report.table())
+            return 1 if report.rows else 0
+        if args.plan_action == "infer":
+            print(plan_tools.dump_plan(plan_tools.infer([Path(f) for f in args.files], args.name)), end="")
+            return 0
+        changes = plan_tools.diff(Path(args.old), Path(args.new))
+        for kind, text in changes:
+            print(f"{kind:<10}  {text}")
+        breaking = sum(1 for kind, _ in changes if kind == "breaking")
+        print(f"{len(changes)} changes, {breaking} breaking")
+        return 1 if breaking else 0
+    except (SpecError, ValueError, OSError) as exc:
+        print(f"collector: {exc}", file=sys.stderr)
+        return 2
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="collector", description="Self-hostable Segment-compatible event collector.")
     commands = main.add_subparsers(dest="command", required=True)
@@ -164,6 +203,21 @@ def parser() -> argparse.ArgumentParser:
     spec_parser.add_argument("spec_action", choices=["build", "check"])
     spec_parser.add_argument("--spec-dir", help="spec directory (default: the project's spec/)")
     spec_parser.set_defaults(handler=spec_command)
+
+    plan = commands.add_parser("plan", help="tracking plans: lint, check recorded events, infer, diff")
+    plan.add_argument("--plans-dir", help="plan directory (default: COLLECTOR_PLANS_DIR or spec/plans)")
+    plan_actions = plan.add_subparsers(dest="plan_action", required=True)
+    plan_actions.add_parser("lint", help="plan files valid, names unique, types known")
+    check_parser = plan_actions.add_parser("check", help="validate recorded events (JSON lines) against a plan")
+    check_parser.add_argument("file")
+    check_parser.add_argument("--plan", required=True, help="plan name")
+    infer_parser = plan_actions.add_parser("infer", help="draft a plan (YAML on stdout) from recorded events")
+    infer_parser.add_argument("files", nargs="+")
+    infer_parser.add_argument("--name", default="inferred")
+    diff_parser = plan_actions.add_parser("diff", help="breaking vs compatible changes between two plan files")
+    diff_parser.add_argument("old")
+    diff_parser.add_argument("new")
+    plan.set_defaults(handler=plan_command)
 
     events = commands.add_parser("events", help="read stored events")
     events_commands = events.add_subparsers(dest="events_action", required=True)
