@@ -330,5 +330,5 @@ def _purge_probe(client: TestClient) -> None:
 def test_unknown_path_and_wrong_method_are_json_errors(shared_client: TestClient) -> None:
     missing = shared_client.post("/v1/trak", content=b"{}")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
-    wrong = shared_client.get("/v1/track")
+    wrong = shared_client.put("/v1/track", content=b"{}")  # GET is the pixel beacon
     assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"

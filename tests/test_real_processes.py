@@ -119,3 +119,21 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path, config_path: 
         restarted.stop()
     missing = set(acked) - present
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+
+
+def test_access_log_lines_carry_the_request_id(tmp_path: Path, config_path: Path) -> None:
+    import json
+
+    server = start_server(tmp_path, config_path, f"sqlite:///{tmp_path / 'log.db'}", "--access-log", name="logs")
+    try:
+        answer = httpx.get(
+            server.url + "/identify/usr_AAAAAAAAAAAAAAAA",
+            headers=bearer("tok_test_workspace") | {"X-Request-Id": "trace-42"},
+        )
+        assert answer.status_code == 404 and answer.headers["x-request-id"] == "trace-42"
+        time.sleep(0.2)
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    [entry] = [line for line in lines if line.get("request_id") == "trace-42"]
+    assert entry["status"] == 404 and entry["path"] == "/identify/usr_AAAAAAAAAAAAAAAA" and entry["method"] == "GET"
