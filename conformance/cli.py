@@ -1,0 +1,153 @@
+"""`conformance run | list | lint`.
+
+Exit codes: 0 conformant (no FAIL, ERROR or XPASS, run complete); 1 conformance failures;
+2 usage, configuration or case-file errors, or a target unreachable before any case ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from conformance import KIT_VERSION
+from conformance.casefile import CaseFileError, load_cases, select
+from conformance.engine import PROFILES, RunOptions, Unreachable, exit_code, run
+from conformance.reports import write_all
+from conformance.verdicts import read_known_failing
+
+USAGE_ERROR = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="conformance", description="Conformance kit for Segment-compatible collectors.")
+    top.add_argument("--version", action="version", version=f"conformance {KIT_VERSION}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    runner = commands.add_parser("run", help="run the cases against a target")
+    runner.add_argument("--target", required=True, help="base URL of the collector, e.g. http://127.0.0.1:8088")
+    runner.add_argument("--write-key", required=True, help="a write key of a dedicated test source")
+    runner.add_argument("--token", help="profile-API bearer token (enables the `profiles` feature)")
+    runner.add_argument("--other-token", help="a token of a second workspace (enables `second_workspace`)")
+    runner.add_argument("--profile", default="core", help="comma-separated: core,inspect (default core)")
+    runner.add_argument("--inspect-url", help="base URL of the read-back API (GET /v1/events)")
+    runner.add_argument("--inspect-token", help="bearer token for the read-back API")
+    runner.add_argument("--inspect-adapter", help="module:attribute with fetch(field, value, wait) -> list[dict]")
+    runner.add_argument("--cases", action="append", default=[], help="glob over case ids (repeatable)")
+    runner.add_argument("--tag", action="append", default=[], help="only cases with this tag (repeatable)")
+    runner.add_argument("--known-failing", type=Path, help="file of case ids expected to fail")
+    runner.add_argument("--workers", type=int, default=4)
+    runner.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
+    runner.add_argument("--settle", type=float, default=2.0, help="seconds to wait for a late write (diagnosis)")
+    runner.add_argument("--report-dir", type=Path, default=Path("conformance-report"))
+
+    lister = commands.add_parser("list", help="list the cases")
+    lister.add_argument("--cases", action="append", default=[])
+    lister.add_argument("--tag", action="append", default=[])
+    lister.add_argument("--json", action="store_true")
+
+    linter = commands.add_parser("lint", help="check the case files")
+    linter.add_argument("--spec-dir", type=Path, help="the spec/ directory (default: found next to the kit)")
+    return top
+
+
+def command_run(args: argparse.Namespace) -> int:
+    profiles = tuple(p.strip() for p in args.profile.split(",") if p.strip())
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        print(
+            f"conformance: unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}", file=sys.stderr
+        )
+        return USAGE_ERROR
+    if "inspect" in profiles and not (args.inspect_url or args.inspect_adapter):
+        print("conformance: --profile inspect needs --inspect-url or --inspect-adapter", file=sys.stderr)
+        return USAGE_ERROR
+    known: list[str] = []
+    if args.known_failing:
+        try:
+            known = read_known_failing(args.known_failing)
+        except OSError as exc:
+            print(f"conformance: cannot read --known-failing: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+    cases = select(load_cases(), args.cases, args.tag)
+    if not cases:
+        print("conformance: no case matches --cases/--tag", file=sys.stderr)
+        return USAGE_ERROR
+    options = RunOptions(
+        target=args.target,
+        write_key=args.write_key,
+        token=args.token,
+        other_token=args.other_token,
+        profiles=profiles,
+        inspect_url=args.inspect_url,
+        inspect_token=args.inspect_token,
+        inspect_adapter=args.inspect_adapter,
+        known_failing=known,
+        workers=args.workers,
+        timeout=args.timeout,
+        settle=args.settle,
+    )
+    try:
+        results = run(cases, options)
+    except Unreachable as exc:
+        print(f"conformance: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except (ValueError, ImportError) as exc:
+        print(f"conformance: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    paths = write_all(results, args.report_dir)
+    counts = ", ".join(f"{verdict} {count}" for verdict, count in results["counts"].items())
+    print(f"level: {results['level']}  ({counts})")
+    for case in results["cases"]:
+        if case["verdict"] in ("FAIL", "ERROR", "XPASS"):
+            print(f"  {case['verdict']:6} {case['id']}: {case['reason'][:300]}")
+    print("reports: " + ", ".join(str(p) for p in paths))
+    return exit_code(results)
+
+
+def command_list(args: argparse.Namespace) -> int:
+    cases = select(load_cases(), args.cases, args.tag)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"id": c.id, "title": c.title, "profile": c.profile, "status": c.status, "requires": c.requires}
+                    for c in cases
+                ],
+                indent=1,
+            )
+        )
+    else:
+        for case in cases:
+            extra = f" requires={','.join(case.requires)}" if case.requires else ""
+            print(f"{case.id:60} {case.profile:8} {case.status:9}{extra}  {case.title}")
+        print(f"{len(cases)} cases")
+    return 0
+
+
+def command_lint(args: argparse.Namespace) -> int:
+    from conformance.lint import find_spec_dir, lint
+
+    spec_dir = args.spec_dir or find_spec_dir()
+    if spec_dir is None:
+        print("conformance lint: no spec/ directory found; pass --spec-dir", file=sys.stderr)
+        return USAGE_ERROR
+    problems, count = lint(spec_dir)
+    for problem in problems:
+        print(problem)
+    print(f"{count} cases, {len(problems)} problems")
+    return 0 if not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return command_run(args)
+        if args.command == "list":
+            return command_list(args)
+        return command_lint(args)
+    except CaseFileError as exc:
+        print(f"conformance: case file error: {exc}", file=sys.stderr)
+        return USAGE_ERROR

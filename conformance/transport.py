@@ -1,0 +1,254 @@
+"""The request stage: a rendered step → exact bytes on the wire → a recorded exchange.
+
+Bodies are serialized by the kit (compact JSON) so sizes are exact; `gzip`/`deflate`
+compress after serializing and `chunked` streams without Content-Length. Every request
+carries X-Conformance-Run and X-Conformance-Case so a vendor can find the run in logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import shlex
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin
+
+import httpx
+
+from conformance.template import Renderer
+
+PAYLOADS_DIR = Path(__file__).resolve().parent / "payloads"
+TRANSCRIPT_BODY_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Credentials:
+    write_key: str
+    token: str | None = None
+    other_token: str | None = None
+
+
+@dataclass
+class Exchange:
+    """One request and its answer, as the report shows them (credentials redacted)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    encoding: str | None = None
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_text: str = ""
+    json: Any = None
+    is_json: bool = False
+
+    def transcript(self, secrets: dict[str, str]) -> dict[str, Any]:
+        return {
+            "request": {
+                "method": self.method,
+                "url": redact(self.url, secrets),
+                "headers": {name: redact(value, secrets) for name, value in self.headers.items()},
+                "body": redact(shorten(self.body.decode("utf-8", "replace")), secrets),
+                "contentEncoding": self.encoding,
+            },
+            "response": {
+                "status": self.status,
+                "headers": self.response_headers,
+                "body": shorten(self.response_text),
+            },
+        }
+
+    def curl(self, secrets: dict[str, str]) -> str:
+        """A shell line that sends the same request again (credentials as $WRITE_KEY, $TOKEN)."""
+        words = ["curl", "-sS", "-i", "-X", self.method]
+        for name, value in self.headers.items():
+            if name.lower() in ("content-length", "transfer-encoding"):
+                continue
+            shown = redact(value, secrets)
+            if name.lower() == "authorization" and shown.startswith("Basic $("):
+                # The shell computes the base64 of the variable, so the line works with the real key.
+                words += ["-H", f'"Authorization: {shown}"']  # quotes nest inside $( )
+                continue
+            words += ["-H", _quote(f"{name}: {shown}")]
+        words.append(_quote(redact(self.url, secrets)))
+        line = " ".join(words)
+        if not self.body:
+            return line
+        text = redact(self.body.decode("utf-8", "replace"), secrets)
+        if len(text) > 20000:
+            return "# body longer than 20000 characters: see the transcript in results.json\n" + line
+        feed = f"printf '%s' {_quote(text)}"
+        if self.encoding == "gzip":
+            feed += " | gzip"
+        elif self.encoding == "deflate":
+            feed += " | python3 -c 'import sys,zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read()))'"
+        return f"{feed} | {line} --data-binary @-"
+
+
+def _quote(part: str) -> str:
+    # Keep $WRITE_KEY / $TOKEN expandable: double quotes when only a variable needs the shell.
+    if "$" in part and not any(c in part for c in "'\"`\\!"):
+        return f'"{part}"'
+    return shlex.quote(part)
+
+
+def shorten(text: str) -> str:
+    if len(text) <= TRANSCRIPT_BODY_CHARS:
+        return text
+    return text[:TRANSCRIPT_BODY_CHARS] + f"… ({len(text)} characters)"
+
+
+def redact(text: str, secrets: dict[str, str]) -> str:
+    for secret, name in secrets.items():
+        if secret:
+            text = text.replace(secret, name)
+    return text
+
+
+def secrets_of(credentials: Credentials) -> dict[str, str]:
+    found = {credentials.write_key: "$WRITE_KEY"}
+    found[base64.b64encode(f"{credentials.write_key}:".encode()).decode()] = '$(printf %s "$WRITE_KEY:" | base64 -w0)'
+    found[base64.b64encode(credentials.write_key.encode()).decode()] = '$(printf %s "$WRITE_KEY" | base64 -w0)'
+    if credentials.token:
+        found[credentials.token] = "$TOKEN"
+    if credentials.other_token:
+        found[credentials.other_token] = "$OTHER_TOKEN"
+    return found
+
+
+def compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def basic(user: str) -> str:
+    return "Basic " + base64.b64encode(user.encode()).decode()
+
+
+def body_value(spec: dict[str, Any], renderer: Renderer) -> Any:
+    """The JSON body of a step (before auth), or None for raw/absent bodies."""
+    if "body_file" in spec:
+        text = (PAYLOADS_DIR / spec["body_file"]).read_text(encoding="utf-8")
+        return renderer.render(json.loads(text))
+    if "body" not in spec:
+        return None
+    body = renderer.render(spec["body"])
+    if "batch_of" in spec:
+        count, item = spec["batch_of"]["count"], renderer.render(spec["batch_of"]["item"])
+        items = []
+        for index in range(count):
+            copy = json.loads(json.dumps(item))
+            if isinstance(copy.get("messageId"), str):
+                copy["messageId"] += f"-{index}"
+            items.append(copy)
+        body["batch"] = items
+    return body
+
+
+def pad_to(body: dict[str, Any], path: str, size: int) -> bytes:
+    """Grow the string at dotted `path` so the compact body is exactly `size` bytes."""
+    node = body
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = ""
+    missing = size - len(compact(body))
+    if missing < 0:
+        raise ValueError(f"body is already {len(compact(body))} bytes, more than {size}")
+    node[parts[-1]] = "x" * missing
+    encoded = compact(body)
+    assert len(encoded) == size
+    return encoded
+
+
+def build(
+    spec: dict[str, Any], renderer: Renderer, credentials: Credentials, base_url: str
+) -> tuple[Exchange, Iterator[bytes] | bytes]:
+    """The request of a step: an Exchange to record, and the content to send."""
+    headers = {str(name): str(value) for name, value in renderer.render(spec.get("headers", {})).items()}
+    query = dict(renderer.render(spec.get("query", {})))
+    body = body_value(spec, renderer)
+    auth = spec.get("auth", "none")
+    key = credentials.write_key
+    unknown = f"cf-unknown-key-{renderer.run_id}"
+    if auth == "basic":
+        headers["Authorization"] = basic(f"{key}:")
+    elif auth == "basic-no-colon":
+        headers["Authorization"] = basic(key)
+    elif auth == "basic-unknown":
+        headers["Authorization"] = basic(f"{unknown}:")
+    elif auth == "basic-malformed":
+        headers["Authorization"] = "Basic %%%not-base64%%%"
+    elif auth in ("body", "bearer-body", "body-unknown"):
+        if isinstance(body, dict):
+            body["writeKey"] = unknown if auth == "body-unknown" else key
+        if auth == "bearer-body":
+            headers["Authorization"] = f"Bearer cf-oauth-{renderer.run_id}"
+    elif auth == "query":
+        query["writeKey"] = key
+    elif auth == "query-unknown":
+        query["writeKey"] = unknown
+    elif auth == "token":
+        headers["Authorization"] = f"Bearer {credentials.token}"
+    elif auth == "token-other":
+        headers["Authorization"] = f"Bearer {credentials.other_token}"
+    elif auth == "token-unknown":
+        headers["Authorization"] = f"Bearer cf-unknown-token-{renderer.run_id}"
+    if "body_raw" in spec:
+        content = str(renderer.render(spec["body_raw"])).encode("utf-8")
+    elif body is None:
+        content = b""
+    elif "pad" in spec:
+        content = pad_to(body, spec["pad"]["field"], int(spec["pad"]["bytes"]))
+    else:
+        content = compact(body)
+    encoding = spec.get("encoding")
+    wire = content
+    if encoding == "gzip":
+        wire = gzip.compress(content)
+        headers["Content-Encoding"] = "gzip"
+    elif encoding == "deflate":
+        wire = zlib.compress(content)
+        headers["Content-Encoding"] = "deflate"
+    elif encoding == "corrupt-gzip":
+        wire = gzip.compress(content)[:-12] + b"\x00" * 4
+        headers["Content-Encoding"] = "gzip"
+        encoding = None
+    elif encoding == "unknown":
+        headers["Content-Encoding"] = "x-cf-unknown"
+        encoding = None
+    path = str(renderer.render(spec.get("path", "/")))
+    url = urljoin(base_url.rstrip("/") + "/", path.lstrip("/"))
+    if query:
+        url += ("&" if "?" in url else "?") + urlencode(query)
+    exchange = Exchange(str(spec.get("method", "POST")), url, headers, content, encoding)
+    if spec.get("chunked"):
+
+        def stream() -> Iterator[bytes]:
+            for start in range(0, len(wire), 4096):
+                yield wire[start : start + 4096]
+
+        return exchange, stream()
+    return exchange, wire
+
+
+def send(client: httpx.Client, exchange: Exchange, content: Iterator[bytes] | bytes, meta: dict[str, str]) -> None:
+    """Send and record the answer into the exchange (raises httpx.HTTPError)."""
+    headers = {**exchange.headers, **meta}
+    kwargs: dict[str, Any] = {"headers": headers}
+    if exchange.method not in ("GET", "HEAD") or content:
+        kwargs["content"] = content
+    response = client.request(exchange.method, exchange.url, **kwargs)
+    exchange.status = response.status_code
+    exchange.response_headers = {name.lower(): value for name, value in response.headers.items()}
+    exchange.response_text = response.text
+    try:
+        exchange.json = response.json()
+        exchange.is_json = True
+    except ValueError:
+        exchange.json = None
