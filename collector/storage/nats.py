@@ -1,0 +1,344 @@
+"""nats://host:4222[,host2:4222,…]?stream=EVENTS&replicas=3&duplicate_window=120&max_age=0&inflight=1024&timeout=5
+
+Events in a NATS JetStream stream (profiles need their own URL: --profiles postgresql://…).
+Each event is published to `<prefix>.<workspace>.<type>` (prefix `events` by default) with
+`Nats-Msg-Id: <workspace>:<messageId>`, so the stream's duplicate window drops re-sends from
+any node; a request is answered 200 only once every one of its events is acknowledged by the
+stream (with R3, by a quorum of the cluster). All events of a request are in flight at once.
+Invalid messages kept aside go to the stream `<stream>_QUARANTINE` (`<prefix>_quarantine.<ws>`).
+
+Query options: `stream` (EVENTS), `prefix` (events), `replicas` (1; 3 for a cluster),
+`duplicate_window` seconds (120; keep it longer than your clients retry), `max_age` seconds
+kept (0 = forever), `max_bytes` (-1 = no limit), `inflight` publishes awaiting an ack per
+process (1024), `timeout` seconds a request may wait for its acks, publishing again what was
+not acknowledged (through reconnects and leader elections) before answering 503 (5).
+Streams are created on open when missing; an existing stream is used as it is.
+Read-back scans the stream through a short-lived consumer (slow; for tests and debugging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from collector.errors import ConfigError, StorageUnavailable
+from collector.storage.base import EventPage, EventQuery, QuarantinedEvent, StoredEvent, WriteResult
+
+OPTIONS: dict[str, Any] = {
+    "stream": "EVENTS",
+    "prefix": "events",
+    "replicas": 1,
+    "duplicate_window": 120.0,
+    "max_age": 0.0,
+    "max_bytes": -1,
+    "inflight": 1024,
+    "timeout": 5.0,
+}
+SOURCE_HEADER = "Collector-Source"
+SCAN_BATCH = 500
+RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
+_SUBJECT_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
+_HEADER_SAFE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,199}$")  # printable ASCII, no CR/LF
+
+
+def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
+    """(server URLs, options) of nats://a:4222,b:4222?replicas=3."""
+    parts = urlsplit(url)
+    hosts = [host for host in parts.netloc.split(",") if host]
+    if not hosts:
+        raise ConfigError(f"no NATS server in storage URL {url!r}")
+    options = dict(OPTIONS)
+    for key, value in parse_qsl(parts.query):
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown NATS storage option {key!r}; known: {', '.join(sorted(OPTIONS))}")
+        try:
+            options[key] = type(OPTIONS[key])(value)
+        except ValueError:
+            raise ConfigError(f"NATS storage option {key} must be a number, got {value!r}") from None
+    auth = ""
+    if "@" in hosts[0]:
+        auth, _, hosts[0] = hosts[0].rpartition("@")
+        auth += "@"
+    return [f"nats://{auth}{host}" for host in hosts], options
+
+
+def subject_token(value: str) -> str:
+    return _SUBJECT_TOKEN.sub("_", value) or "_"
+
+
+def dedupe_id(workspace_id: str, message_id: str) -> str:
+    """The Nats-Msg-Id: `<workspace>:<messageId>`, hashed when the id is not a safe header value."""
+    candidate = f"{workspace_id}:{message_id}"
+    if _HEADER_SAFE.match(candidate):
+        return candidate
+    return f"{workspace_id}:sha256:{hashlib.sha256(message_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+class NATSStorage:
+    def __init__(self, url: str) -> None:
+        self.servers, options = parse_url(url)
+        self.stream: str = options["stream"]
+        self.quarantine_stream = f"{self.stream}_QUARANTINE"
+        self.prefix: str = options["prefix"]
+        self.replicas: int = options["replicas"]
+        self.duplicate_window: float = options["duplicate_window"]
+        self.max_age: float = options["max_age"]
+        self.max_bytes: int = options["max_bytes"]
+        self.inflight: int = options["inflight"]
+        self.timeout: float = options["timeout"]
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._opened = 0
+
+    def __repr__(self) -> str:
+        return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self.nc is not None:
+            return
+        try:
+            nc = await nats.connect(
+                servers=self.servers,
+                name="collector",
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,  # a node restart or fail-over must never end the connection
+                reconnect_time_wait=0.25,
+            )
+            js = nc.jetstream(timeout=self.timeout, publish_async_max_pending=self.inflight)
+            await self._ensure_stream(js, self.stream, f"{self.prefix}.>", self.duplicate_window)
+            await self._ensure_stream(js, self.quarantine_stream, f"{self.prefix}_quarantine.>", 0)
+        except Exception as exc:
+            self._opened -= 1
+            if "nc" in locals():
+                await nc.close()
+            raise StorageUnavailable(f"Cannot open {self!r}: {type(exc).__name__}: {exc}") from exc
+        self.nc, self.js = nc, js
+
+    async def _ensure_stream(self, js: JetStreamContext, name: str, subject: str, duplicate_window: float) -> None:
+        try:
+            await js.stream_info(name)
+            return  # an operator may have tuned it: use it as it is
+        except nats.js.errors.NotFoundError:
+            pass
+        config = api.StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            max_age=self.max_age or None,
+            max_bytes=self.max_bytes,
+            discard=api.DiscardPolicy.OLD,
+        )
+        if duplicate_window:
+            config.duplicate_window = duplicate_window
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(name)  # another node created it first
+
+    async def close(self) -> None:
+        self._opened -= 1
+        if self._opened > 0 or self.nc is None:
+            return
+        nc, self.nc, self.js = self.nc, None, None
+        await nc.close()
+
+    async def ping(self) -> bool:
+        if self.nc is None or self.js is None or not self.nc.is_connected:
+            return False
+        try:
+            # Answered by the stream's leader: proves the stream can take writes now.
+            await self.js.stream_info(self.stream)
+        except Exception:
+            return False
+        return True
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
+        if self.nc is None or self.js is None:
+            raise StorageUnavailable("Storage is not open")
+        messages = [self._event_message(event) for event in events]
+        messages += [self._quarantine_message(bad) for bad in quarantined or ()]
+        acks = await self._publish_all(messages)
+        duplicates = sum(1 for ack in acks[: len(events)] if ack.duplicate)
+        return WriteResult(stored=len(events) - duplicates, duplicates=duplicates, quarantined=len(quarantined or ()))
+
+    def _event_message(self, event: StoredEvent) -> tuple[str, bytes, dict[str, str]]:
+        subject = f"{self.prefix}.{subject_token(event.workspace_id)}.{subject_token(event.type)}"
+        headers = {"Nats-Msg-Id": dedupe_id(event.workspace_id, event.message_id), SOURCE_HEADER: event.source_id}
+        return subject, event.body, headers
+
+    def _quarantine_message(self, bad: QuarantinedEvent) -> tuple[str, bytes, dict[str, str]]:
+        # A random id of its own, so that re-publishing it within this request stores it once.
+        headers = {"Nats-Msg-Id": "q:" + os.urandom(12).hex()}
+        return f"{self.prefix}_quarantine.{subject_token(bad.workspace_id)}", _quarantine_payload(bad), headers
+
+    async def _publish_all(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> list[api.PubAck]:
+        """Acks for all messages, in order. Every publish goes out before any ack is awaited (one round
+        trip per request, not per event). Those not acked are published again (the Nats-Msg-Id makes
+        that safe) until `timeout`: a reconnect or a stream leader election then costs latency, not a 503."""
+        assert self.nc is not None and self.js is not None
+        nc, js = self.nc, self.js
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        acks: list[api.PubAck | None] = [None] * len(messages)
+        waiting = list(range(len(messages)))
+        problem: BaseException | None = None
+        while True:
+            if nc.is_connected:
+                futures: dict[int, asyncio.Future[api.PubAck]] = {}
+                try:
+                    # One deadline for the whole loop (a per-publish wait_stall costs a task each).
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
+                        for index in waiting:
+                            subject, payload, headers = messages[index]
+                            futures[index] = await js.publish_async(subject, payload, headers=dict(headers))
+                    # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
+                    attempt = min(deadline - loop.time(), max(1.0, self.timeout / 4))
+                    await asyncio.wait(futures.values(), timeout=max(attempt, 0.01))
+                except Exception as exc:
+                    problem = exc
+                finally:
+                    for future in futures.values():
+                        if not future.done():
+                            future.cancel()  # frees its in-flight slot
+                for index, future in futures.items():
+                    if not future.cancelled() and future.exception() is None:
+                        acks[index] = future.result()
+                    elif not future.cancelled():
+                        problem = future.exception()
+                    else:
+                        problem = problem or TimeoutError()
+                waiting = [index for index in waiting if acks[index] is None]
+                if not waiting:
+                    return [ack for ack in acks if ack is not None]
+            else:
+                problem = ConnectionError("not connected to NATS (reconnecting)")
+            if loop.time() + RETRY_PAUSE >= deadline:
+                raise _unavailable(problem or TimeoutError())
+            await asyncio.sleep(RETRY_PAUSE)
+
+    async def read_events(self, query: EventQuery) -> EventPage:
+        subject = f"{self.prefix}.{subject_token(query.workspace_id) if query.workspace_id else '*'}"
+        subject += f".{subject_token(query.type) if query.type else '*'}"
+
+        def render(msg: Msg) -> dict[str, Any] | None:
+            event = orjson.loads(msg.data)
+            source_id = (msg.headers or {}).get(SOURCE_HEADER)
+            if not _matches(event, source_id, query):
+                return None
+            return {"workspaceId": msg.subject.split(".")[-2], "sourceId": source_id, "event": event}
+
+        return await self._scan(self.stream, subject, query.after, query.limit, render)
+
+    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+        subject = f"{self.prefix}_quarantine.{subject_token(workspace_id) if workspace_id else '*'}"
+
+        def render(msg: Msg) -> dict[str, Any]:
+            kept = orjson.loads(msg.data)
+            return {
+                "workspaceId": msg.subject.split(".")[-1],
+                "sourceId": kept["sourceId"],
+                "messageId": kept["messageId"],
+                "receivedAt": kept["receivedAt"],
+                "errors": kept["errors"],
+                "event": kept["event"],
+            }
+
+        return await self._scan(self.quarantine_stream, subject, after, limit, render)
+
+    async def _scan(
+        self, stream: str, subject: str, after: int, limit: int, render: Callable[[Msg], dict[str, Any] | None]
+    ) -> EventPage:
+        """Items after stream sequence `after`, through a short-lived consumer on the stream leader."""
+        if self.js is None:
+            raise StorageUnavailable("Storage is not open")
+        js = self.js
+        name = "readback-" + os.urandom(8).hex()
+        config = api.ConsumerConfig(
+            name=name,
+            filter_subject=subject,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        items: list[dict[str, Any]] = []
+        more = False
+        try:
+            await js.add_consumer(stream, config)
+            sub = await js.pull_subscribe_bind(stream=stream, name=name)
+            try:
+                pending = (await sub.consumer_info()).num_pending
+                while pending and not more:
+                    for msg in await sub.fetch(min(SCAN_BATCH, pending), timeout=self.timeout):
+                        pending = msg.metadata.num_pending
+                        item = render(msg)
+                        if item is None:
+                            continue
+                        if len(items) == limit:
+                            more = True
+                            break
+                        items.append({"position": msg.metadata.sequence.stream} | item)
+            finally:
+                await sub.unsubscribe()
+                await js.delete_consumer(stream, name)  # or it lingers for inactive_threshold
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return EventPage(items=items, next_after=items[-1]["position"] if more and items else None)
+
+
+def _matches(event: dict[str, Any], source_id: str | None, query: EventQuery) -> bool:
+    name = event.get("event") if event.get("type") == "track" else event.get("name")
+    received_at = event.get("receivedAt", "")
+    return (
+        (query.source_id is None or source_id == query.source_id)
+        and (query.message_id is None or event.get("messageId") == query.message_id)
+        and (query.event is None or name == query.event)
+        and (query.user_id is None or event.get("userId") == query.user_id)
+        and (query.anonymous_id is None or event.get("anonymousId") == query.anonymous_id)
+        and (query.since is None or received_at >= query.since)
+        and (query.until is None or received_at < query.until)
+    )
+
+
+def _quarantine_payload(bad: QuarantinedEvent) -> bytes:
+    return orjson.dumps(
+        {
+            "sourceId": bad.source_id,
+            "messageId": bad.message_id,
+            "receivedAt": bad.received_at,
+            "errors": orjson.Fragment(bad.errors),
+            "event": orjson.Fragment(bad.body),
+        }
+    )
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    reason = "no acknowledgement in time" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+    return StorageUnavailable(more_info=f"NATS JetStream error ({reason}). Events may not be stored; retry.")

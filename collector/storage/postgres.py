@@ -1,0 +1,491 @@
+"""postgresql://user:password@host:5432/dbname?pool_max=8&pool_timeout=5 (or postgres://…).
+
+Events and profiles in one PostgreSQL database, shared by any number of collector nodes.
+Query options of our own (the rest go to libpq): `pool_min` (1), `pool_max` (8) connections
+per process, `pool_timeout` seconds to wait for a connection before answering 503 (5).
+
+Events use group commit like sqlite.py: one writer task per process inserts whatever requests
+are waiting in one transaction (`INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`) and
+resolves each request only after COMMIT. Each such transaction holds an advisory lock, so
+positions become visible in order across all nodes and a read-back cursor never skips a row
+committed late. Profiles merge in one UPDATE each (jsonb `||` then `-`), so concurrent merges
+from any node never lose a key. The schema is created or migrated on open, under a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from collector.errors import BadRequest, ConfigError, StorageUnavailable
+from collector.storage.base import (
+    EventPage,
+    EventQuery,
+    QuarantinedEvent,
+    StoredEvent,
+    UserPage,
+    WriteResult,
+    user_object,
+)
+
+SCHEMA_VERSION = 1
+MIGRATIONS = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS events (
+            position bigserial PRIMARY KEY,
+            workspace_id text NOT NULL,
+            source_id text NOT NULL,
+            message_id text NOT NULL,
+            type text NOT NULL,
+            event text,
+            user_id text,
+            anonymous_id text,
+            received_at text NOT NULL,
+            timestamp text NOT NULL,
+            body json NOT NULL,
+            UNIQUE (workspace_id, message_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_message_id ON events (message_id)",
+        "CREATE INDEX IF NOT EXISTS events_user ON events (workspace_id, user_id)",
+        """CREATE TABLE IF NOT EXISTS quarantine (
+            position bigserial PRIMARY KEY,
+            workspace_id text NOT NULL,
+            source_id text NOT NULL,
+            message_id text,
+            received_at text NOT NULL,
+            body json NOT NULL,
+            errors json NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS profiles (
+            position bigserial PRIMARY KEY,
+            workspace_id text NOT NULL,
+            id text NOT NULL UNIQUE,
+            identifiers jsonb NOT NULL,
+            traits jsonb NOT NULL,
+            created_at text NOT NULL,
+            updated_at text
+        )""",
+        "CREATE INDEX IF NOT EXISTS profiles_workspace ON profiles (workspace_id, position)",
+    ],
+}
+# Advisory lock keys (arbitrary constants): schema migration, and ordered event commits.
+MIGRATION_LOCK = 0x636F6C6C
+EVENTS_LOCK = 0x636F6C6D
+MAX_GROUP_EVENTS = 10_000  # rows per group-commit transaction
+OPTIONS = {"pool_min": 1, "pool_max": 8, "pool_timeout": 5.0}
+
+# Bodies travel as `json` (kept verbatim, as sqlite keeps the bytes), not jsonb (which reorders keys).
+# %b: arrays go in binary form; the text form escapes every quote of every body with a regex.
+_INSERT_EVENTS = """
+INSERT INTO events (workspace_id, source_id, message_id, type, event, user_id, anonymous_id,
+                    received_at, timestamp, body)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                     %b::text[], %b::text[], %b::json[])
+ON CONFLICT (workspace_id, message_id) DO NOTHING
+RETURNING workspace_id, message_id
+"""
+_INSERT_QUARANTINE = """
+INSERT INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::json[], %b::json[])
+"""
+# Top-level merge in one statement: sent keys override (||), keys sent as null are removed (-).
+_MERGE = """
+UPDATE profiles SET
+    identifiers = (identifiers || %s::jsonb) - %s::text[],
+    traits = (traits || %s::jsonb) - %s::text[],
+    updated_at = %s
+WHERE workspace_id = %s AND id = %s
+RETURNING identifiers, traits, created_at, updated_at
+"""
+
+Pending = tuple[list[StoredEvent], list[QuarantinedEvent], "asyncio.Future[WriteResult]"]
+
+
+def split_url(url: str) -> tuple[str, dict[str, float]]:
+    """(libpq conninfo URL, our options): our query options are removed before libpq sees them."""
+    parts = urlsplit(url)
+    scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
+    options: dict[str, float] = dict(OPTIONS)
+    passed = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in OPTIONS:
+            try:
+                options[key] = type(OPTIONS[key])(value)
+            except ValueError:
+                raise ConfigError(f"PostgreSQL storage option {key} must be a number, got {value!r}") from None
+        else:
+            passed.append((key, value))
+    conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(passed), parts.fragment))
+    return conninfo, options
+
+
+def masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStorage:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conninfo, options = split_url(url)
+        self.pool = AsyncConnectionPool(
+            self.conninfo,
+            min_size=int(options["pool_min"]),
+            max_size=max(int(options["pool_max"]), int(options["pool_min"])),
+            timeout=options["pool_timeout"],
+            kwargs={"autocommit": True},
+            # After a server restart every pooled connection is dead: check before lending one.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=60,
+            open=False,
+            name="collector",
+        )
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._opened = 0  # users of this instance (events and profiles may share one)
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({masked(self.url)!r})"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._opened += 1
+        if self._writer is not None:
+            return
+        try:
+            await self.pool.open(wait=True, timeout=max(self.pool.timeout, 5.0))
+            async with self.pool.connection() as conn:
+                await migrate(conn)
+        except Exception as exc:
+            await self.pool.close()
+            self._opened -= 1
+            raise StorageUnavailable(f"Cannot open {self!r}: {type(exc).__name__}: {exc}") from exc
+        self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
+
+    async def close(self) -> None:
+        self._opened -= 1
+        if self._opened > 0 or self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await self.pool.close()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.connection(timeout=min(self.pool.timeout, 2.0)) as conn:
+                await conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
+        if self._writer is None:
+            raise StorageUnavailable("Storage is not open")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((events, quarantined or [], future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            rows = len(group[0][0])
+            while not self._queue.empty() and rows < MAX_GROUP_EVENTS:
+                group.append(self._queue.get_nowait())
+                rows += len(group[-1][0])
+            group = [item for item in group if not item[2].done()]  # drop requests already cancelled
+            try:
+                await self._commit_group(group)
+            except Exception as exc:  # never let the writer die: later requests would wait forever
+                for _, _, future in group:
+                    _settle(future, exception=_unavailable(exc))
+
+    async def _commit_group(self, group: list[Pending]) -> None:
+        try:
+            results = await self._insert(group)
+        except Exception as exc:
+            if len(group) == 1 or _is_connection_error(exc):
+                for _, _, future in group:
+                    _settle(future, exception=_unavailable(exc))
+                return
+            # One request spoiled the shared transaction (bad data): run each alone so the others land.
+            for item in group:
+                await self._commit_group([item])
+            return
+        for (_, _, future), result in zip(group, results, strict=True):
+            _settle(future, result=result)
+
+    async def _insert(self, group: list[Pending]) -> list[WriteResult]:
+        events = [event for item in group for event in item[0]]
+        bad = [q for item in group for q in item[1]]
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            inserted: set[tuple[str, str]] = set()
+            if events:
+                cursor = await conn.execute(_INSERT_EVENTS, _event_columns(events))
+                inserted = {(row[0], row[1]) for row in await cursor.fetchall()}
+            if bad:
+                await conn.execute(_INSERT_QUARANTINE, _quarantine_columns(bad))
+        # A key inserted now counts as stored for the first request that sent it; any other
+        # copy (same batch, or another request in the group) is a duplicate.
+        results = []
+        for item_events, item_bad, _ in group:
+            stored = 0
+            for event in item_events:
+                key = (event.workspace_id, _text(event.message_id))
+                if key in inserted:
+                    inserted.discard(key)
+                    stored += 1
+            results.append(WriteResult(stored=stored, duplicates=len(item_events) - stored, quarantined=len(item_bad)))
+        return results
+
+    async def read_events(self, query: EventQuery) -> EventPage:
+        clauses: list[str] = ["position > %s"]
+        params: list[Any] = [query.after]
+        for column, value in (
+            ("workspace_id", query.workspace_id),
+            ("source_id", query.source_id),
+            ("message_id", query.message_id),
+            ("type", query.type),
+            ("event", query.event),
+            ("user_id", query.user_id),
+            ("anonymous_id", query.anonymous_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(_text(value))
+        if query.since is not None:
+            clauses.append("received_at >= %s")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("received_at < %s")
+            params.append(query.until)
+        sql = (
+            "SELECT position, workspace_id, source_id, body::text FROM events WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY position LIMIT %s"
+        )
+        rows = await self._fetch(sql, [*params, query.limit + 1])
+        return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
+
+    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+        sql = "SELECT position, workspace_id, source_id, body::text, errors::text, message_id, received_at"
+        sql += " FROM quarantine WHERE position > %s" + (" AND workspace_id = %s" if workspace_id else "")
+        sql += " ORDER BY position LIMIT %s"
+        rows = await self._fetch(sql, [after, *([workspace_id] if workspace_id else []), limit + 1])
+        return _page(
+            rows,
+            limit,
+            lambda r: {
+                "messageId": r[5],
+                "receivedAt": r[6],
+                "errors": orjson.loads(r[4]),
+                "event": orjson.loads(r[3]),
+            },
+        )
+
+    async def _fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        try:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+        except psycopg.DataError as exc:
+            # A value PostgreSQL cannot hold (e.g. \u0000 in a jsonb string): a retry would fail
+            # the same way, so this is the client's 400, not a 503.
+            raise BadRequest(
+                "Value cannot be stored",
+                f"PostgreSQL rejected a value of this request: {exc}. Remove it (\\u0000 in strings, typically).",
+                code="unstorable_value",
+            ) from exc
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+
+    # --- profiles -----------------------------------------------------------------------------
+
+    async def create_user(
+        self, workspace_id: str, user_id: str, identifiers: dict[str, Any], traits: dict[str, Any], now: str
+    ) -> dict[str, Any]:
+        await self._fetch(
+            "INSERT INTO profiles (workspace_id, id, identifiers, traits, created_at)"
+            " VALUES (%s, %s, %s::jsonb, %s::jsonb, %s) RETURNING position",
+            [workspace_id, user_id, _json(identifiers), _json(traits), now],
+        )
+        return user_object(user_id, workspace_id, identifiers, traits, now, None)
+
+    async def get_user(self, workspace_id: str, user_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch(
+            "SELECT identifiers, traits, created_at, updated_at FROM profiles WHERE workspace_id = %s AND id = %s",
+            [workspace_id, user_id],
+        )
+        if not rows:
+            return None
+        identifiers, traits, created_at, updated_at = rows[0]
+        return user_object(user_id, workspace_id, identifiers, traits, created_at, updated_at)
+
+    async def merge_user(
+        self,
+        workspace_id: str,
+        user_id: str,
+        identifiers: dict[str, Any] | None,
+        traits: dict[str, Any] | None,
+        now: str,
+    ) -> dict[str, Any] | None:
+        id_set, id_removed = _patch(identifiers)
+        traits_set, traits_removed = _patch(traits)
+        rows = await self._fetch(_MERGE, [id_set, id_removed, traits_set, traits_removed, now, workspace_id, user_id])
+        if not rows:
+            return None
+        new_identifiers, new_traits, created_at, updated_at = rows[0]
+        return user_object(user_id, workspace_id, new_identifiers, new_traits, created_at, updated_at)
+
+    async def delete_user(self, workspace_id: str, user_id: str) -> bool:
+        rows = await self._fetch(
+            "DELETE FROM profiles WHERE workspace_id = %s AND id = %s RETURNING id", [workspace_id, user_id]
+        )
+        return bool(rows)
+
+    async def search_users(
+        self,
+        workspace_id: str,
+        filters: list[tuple[list[str], str]],
+        limit: int,
+        after: int | None,
+        before: int | None,
+    ) -> UserPage:
+        where: list[str] = ["workspace_id = %s"]
+        params: list[Any] = [workspace_id]
+        for path, value in filters:
+            # As in sqlite.py: a query value (text) matches a string identifier, or the JSON
+            # literal of a number or boolean (?age=34, ?vip=true).
+            where.append("(identifiers #> %s::text[])::text IN (%s, %s)")
+            params += [path, orjson.dumps(value).decode(), value]
+        filters_sql = " AND ".join(where)
+        columns = "position, id, identifiers, traits, created_at, updated_at"
+        if before is not None:
+            rows = await self._fetch(
+                f"SELECT {columns} FROM profiles WHERE {filters_sql} AND position < %s ORDER BY position DESC LIMIT %s",
+                [*params, before, limit + 1],
+            )
+            more_before = len(rows) > limit
+            rows = list(reversed(rows[:limit]))
+            more_after = bool(rows) and await self._exists(filters_sql, params, "position > %s", rows[-1][0])
+        else:
+            rows = await self._fetch(
+                f"SELECT {columns} FROM profiles WHERE {filters_sql} AND position > %s ORDER BY position LIMIT %s",
+                [*params, after or 0, limit + 1],
+            )
+            more_after = len(rows) > limit
+            rows = rows[:limit]
+            more_before = bool(rows) and await self._exists(filters_sql, params, "position < %s", rows[0][0])
+        return UserPage(
+            users=[user_object(r[1], workspace_id, r[2], r[3], r[4], r[5]) for r in rows],
+            next_after=rows[-1][0] if rows and more_after else None,
+            previous_before=rows[0][0] if rows and more_before else None,
+            positions=[r[0] for r in rows],
+        )
+
+    async def _exists(self, filters_sql: str, params: list[Any], bound: str, position: int) -> bool:
+        rows = await self._fetch(f"SELECT 1 FROM profiles WHERE {filters_sql} AND {bound} LIMIT 1", [*params, position])
+        return bool(rows)
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create or upgrade the schema; several nodes starting at once serialise on a lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS collector_schema (version integer NOT NULL)")
+        cursor = await conn.execute("SELECT max(version) FROM collector_schema")
+        row = await cursor.fetchone()
+        current = (row[0] if row else None) or 0
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO collector_schema (version) VALUES (%s)", (version,))
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL, which JSON strings can: it becomes U+FFFD in the indexed
+    columns (and in filters alike); the body keeps the exact value as its JSON escape."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _event_columns(events: list[StoredEvent]) -> list[list[Any]]:
+    return [
+        [e.workspace_id for e in events],
+        [e.source_id for e in events],
+        [_text(e.message_id) for e in events],
+        [e.type for e in events],
+        [_text(e.event) for e in events],
+        [_text(e.user_id) for e in events],
+        [_text(e.anonymous_id) for e in events],
+        [e.received_at for e in events],
+        [e.timestamp for e in events],
+        [e.body.decode() for e in events],
+    ]
+
+
+def _quarantine_columns(bad: list[QuarantinedEvent]) -> list[list[Any]]:
+    return [
+        [q.workspace_id for q in bad],
+        [q.source_id for q in bad],
+        [_text(q.message_id) for q in bad],
+        [q.received_at for q in bad],
+        [q.body.decode() for q in bad],
+        [q.errors.decode() for q in bad],
+    ]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _patch(patch: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """(keys to set, as a JSON object; keys to remove) of a top-level merge patch."""
+    patch = patch or {}
+    return _json({k: v for k, v in patch.items() if v is not None}), [k for k, v in patch.items() if v is None]
+
+
+def _page(rows: list[Any], limit: int, render: Callable[[Any], dict[str, Any]]) -> EventPage:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{"position": r[0], "workspaceId": r[1], "sourceId": r[2]} | render(r) for r in rows]
+    return EventPage(items=items, next_after=rows[-1][0] if more and rows else None)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or not isinstance(exc, psycopg.Error)
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    return StorageUnavailable(
+        more_info=f"PostgreSQL error: {type(exc).__name__}: {exc}. Nothing from this request was acknowledged; retry."
+    )
+
+
+def _settle(
+    future: asyncio.Future[WriteResult], result: WriteResult | None = None, exception: Exception | None = None
+) -> None:
+    if future.done():  # the request was cancelled (client gone); a commit stands anyway
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    elif result is not None:
+        future.set_result(result)
