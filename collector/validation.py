@@ -31,9 +31,9 @@ class Validators:
 
     def errors(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
         """None when the message is valid, else its errors: pointer, keyword, message."""
-        validator = self.by_type.get(message.get("type"))  # type: ignore[arg-type]
+        kind = message.get("type")
+        validator = self.by_type.get(kind) if isinstance(kind, str) else None
         if validator is None:
-            kind = message.get("type")
             return [
                 {
                     "pointer": "/type",

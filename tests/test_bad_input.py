@@ -202,6 +202,15 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str, str]] = [
         "invalid_message",
         "click",
     ),
+    (
+        "batch-item-type-object",
+        "/v1/batch",
+        b'{"batch": [{"type": {}, "userId": "u"}]}',
+        {},
+        400,
+        "invalid_message",
+        "unknown message type",
+    ),
     ("batch-item-not-object", "/v1/batch", b'{"batch": ["track"]}', {}, 400, "invalid_message", "object"),
     (
         "batch-envelope-context-string",
