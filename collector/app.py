@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,8 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collector import endpoints, profiles, readback
-from collector.errors import CollectorError, ConfigError, MethodNotAllowed, NotFound
+from collector import browser, debugger, endpoints, metrics, openapi, profiles, readback
+from collector.cors import CORSMiddleware
+from collector.errors import CollectorError, ConfigError, MethodNotAllowed, NotFound, StorageUnavailable
+from collector.plans import PlanRegistry, default_plans_dir
 from collector.runtime import Runtime
 from collector.settings import Settings
 from collector.spec import default_spec_dir, load_schemas
@@ -104,6 +107,9 @@ async def on_collector_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CollectorError)
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.more_info, extra={"request_id": request.scope.get("request_id")})
+    if isinstance(exc, StorageUnavailable):
+        runtime: Runtime = request.app.state.runtime
+        return exc.response({"Retry-After": str(runtime.settings.retry_after_seconds)})
     return exc.response()
 
 
@@ -137,11 +143,26 @@ def routes() -> list[Route]:
         Route("/ready", endpoints.ready, methods=["GET"]),
     ]
     table += profiles.routes()
+    table += browser.routes() + debugger.routes() + metrics.routes() + openapi.routes()
     return table
 
 
 def backend_options(url: str, settings: Settings) -> dict[str, Any]:
-    return {"synchronous": settings.sqlite_synchronous} if scheme_of(url) == "sqlite" else {}
+    if scheme_of(url) == "sqlite":
+        return {"synchronous": settings.sqlite_synchronous, "busy_timeout_ms": settings.sqlite_busy_timeout_ms}
+    return {}
+
+
+def tracking_plans(settings: Settings) -> PlanRegistry | None:
+    """The plans registry when any source names a plan; a missing or broken plan fails start-up."""
+    wanted = {source.tracking_plan for source in settings.write_keys.values() if source.tracking_plan}
+    if not wanted:
+        return None
+    registry = PlanRegistry(Path(settings.plans_dir) if settings.plans_dir else default_plans_dir())
+    missing = wanted - set(registry.plans)
+    if missing:
+        raise ConfigError(f"tracking plans not found in {registry.plans_dir}: {', '.join(sorted(missing))}")
+    return registry
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -153,18 +174,25 @@ def create_app(settings: Settings) -> Starlette:
         profile_store = storage  # one backend serves both
     else:
         profile_store = open_backend(settings.profiles_url, **backend_options(settings.profiles_url, settings))
-    runtime = Runtime(settings=settings, validators=validators, storage=storage, profiles=profile_store)
+    plans = tracking_plans(settings)
+    runtime = Runtime(settings=settings, validators=validators, storage=storage, profiles=profile_store, plans=plans)
+    app_metrics = metrics.install(runtime)  # times storage writes, counts intake
+    debugger.install(runtime)  # live arrivals for /debugger
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await storage.open()
         if profile_store is not None:
             await profile_store.open()
+        if plans is not None:
+            plans.start()
         runtime.ready = True
         try:
             yield
         finally:
             runtime.ready = False
+            if plans is not None:
+                await plans.stop()
             if profile_store is not None:
                 await profile_store.close()
             await storage.close()
@@ -175,7 +203,9 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={CollectorError: on_collector_error, HTTPException: on_http_error},
     )
     app.state.runtime = runtime
+    app.add_middleware(metrics.RequestTimer, metrics=app_metrics)
     app.add_middleware(RequestContext)
+    app.add_middleware(CORSMiddleware, settings=settings)  # outermost: even unhandled errors get CORS headers
     return app
 
 

@@ -67,6 +67,9 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["COLLECTOR_CONFIG"] = str(DEV_CONFIG.resolve())
     try:
         loaded = settings_module.load()
+        from collector.app import create_app
+
+        create_app(loaded)  # storage URLs, plans, spec: fail here with a sentence, not a uvicorn traceback
     except ConfigError as exc:
         print(f"collector: configuration error: {exc}", file=sys.stderr)
         return 2

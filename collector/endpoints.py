@@ -16,14 +16,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collector import auth, intake
+from collector import auth, intake, plans, ratelimit
 from collector.enrichment import Arrival, enrich
 from collector.errors import BadRequest, InvalidMessage, StorageUnavailable
-from collector.runtime import Runtime
+from collector.runtime import IntakeReport, Runtime
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
 from collector.validation import Validators
 
+Invalid = tuple[int, Any, list[dict[str, Any]]]  # (index in the request, message, errors)
 SUCCESS_BODY = b'{"success":true}'
 USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
 SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -37,32 +38,52 @@ def success() -> Response:
 async def collect(request: Request, kind: str) -> Response:
     """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch")."""
     runtime: Runtime = request.app.state.runtime
-    settings = runtime.settings
-
-    body = await intake.read_body(request, settings.max_request_bytes)  # 413 / 415 / 400
+    body = await intake.read_body(request, runtime.settings.max_request_bytes)  # 413 / 415 / 400
     payload = intake.parse_json(body)  # 400
+    return await ingest(request, runtime, payload, len(body), kind)
+
+
+async def ingest(request: Request, runtime: Runtime, payload: dict[str, Any], body_size: int, kind: str) -> Response:
+    """The pipeline after the body is parsed; pixel beacons (browser.py) enter here with their `data=`."""
+    settings = runtime.settings
     source = auth.authenticate_source(  # 401
         request.headers.get("authorization"),
         payload,
         request.query_params.get("writeKey"),
         settings.write_keys,
     )
-    messages, arrival = split(payload, kind, len(body), request, runtime)  # 400 / 413
-    valid, invalid = validate(messages, runtime, check_sizes=len(body) > settings.max_event_bytes)
+    ratelimit.enforce(runtime, source)  # 429 + Retry-After, when the source has a limit
+    messages, arrival = split(payload, kind, body_size, request, runtime)  # 400 / 413
+    valid, invalid = validate(messages, runtime, check_sizes=body_size > settings.max_event_bytes)
+    planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid, messages)  # the site's plan
+    held, refused = sort_invalid(invalid, planned, source)  # which go to quarantine, which are answered 400
 
     received_at = arrival.received_at_text
-    events = [stored_event(enrich(message, arrival, received_at), source) for message in valid]
-    quarantined = quarantine(invalid, source, received_at) if source.invalid_messages == "quarantine" else []
+    events = [stored_event(enrich(message, arrival, received_at), source) for message in planned.kept]
+    quarantined = quarantine(held, source, received_at)
     result = await runtime.storage.write(events, quarantined)  # 503 on failure, never 200
-    await link_profiles(runtime, source, valid, received_at)
+    await link_profiles(runtime, source, planned.kept, received_at)
 
     runtime.count("accepted", source.id, result.stored)
     runtime.count("duplicate", source.id, result.duplicates)
     runtime.count("quarantined", source.id, result.quarantined)
-    if invalid and not quarantined:
-        runtime.count("rejected", source.id, len(invalid))
-        raise rejection(invalid, accepted=len(events), total=len(messages))
+    runtime.count("plan_violations", source.id, planned.violations)
+    runtime.notify(IntakeReport(source, events, held, refused, result))  # metrics, debugger
+    if refused:
+        runtime.count("rejected", source.id, len(refused))
+        raise rejection(refused, accepted=len(events), total=len(messages))
     return success()
+
+
+def sort_invalid(invalid: list[Invalid], planned: plans.Outcome, source: Source) -> tuple[list[Invalid], list[Invalid]]:
+    """(to quarantine, to reject): spec violations follow the source's invalidMessages, plan
+    violations its planEnforcement."""
+    held = invalid if source.invalid_messages == "quarantine" else []
+    refused = [] if held else invalid
+    if planned.quarantined or planned.rejected:
+        held = sorted(held + planned.quarantined, key=lambda item: item[0])
+        refused = sorted(refused + planned.rejected, key=lambda item: item[0])
+    return held, refused
 
 
 def split(
@@ -189,6 +210,7 @@ def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: in
     errors = []
     for index, message, problems in invalid:
         message_id = message.get("messageId") if isinstance(message, dict) else None
+        message_id = message_id if isinstance(message_id, str) else None
         for problem in problems:
             errors.append({"index": index, "messageId": message_id, **problem})
     first = errors[0]

@@ -24,6 +24,7 @@ from collector.errors import ConfigError
 
 WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
 INVALID_MESSAGE_MODES = ("reject", "quarantine")
+PLAN_ENFORCEMENTS = ("allow", "omit", "quarantine", "reject")
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -44,6 +45,15 @@ SETTINGS = (
     Setting("admin_tokens", "", "Comma-separated bearer tokens for the read-back API (/v1/events)."),
     Setting("sqlite_synchronous", "FULL", "SQLite synchronous pragma: FULL survives power loss, NORMAL only crashes."),
     Setting("retry_after_seconds", 5, "Retry-After sent with 503 when storage is unavailable."),
+    Setting("sqlite_busy_timeout_ms", 5000, "How long a SQLite write waits for another process's lock before a 503."),
+    Setting("plans_dir", "", "Directory of tracking-plan YAML files; empty means the project's spec/plans."),
+    Setting(
+        "rate_limit",
+        "",
+        "Requests per second per source, `RATE` or `RATE:BURST` (token bucket; 429 + Retry-After); empty = off. "
+        "A source's `rateLimit` overrides it (`off` disables).",
+    ),
+    Setting("public_url", "", "URL browsers reach this collector at (for /v1/projects/{key}/settings); empty = Host."),
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
@@ -65,6 +75,9 @@ class Source:
     workspace_id: str
     invalid_messages: str = "reject"
     allowed_origins: tuple[str, ...] = ("*",)
+    rate_limit: tuple[float, float] | None = None  # (tokens per second, bucket size); None = unlimited
+    tracking_plan: str | None = None  # name of a plan in the plans directory (collector/plans.py)
+    plan_enforcement: str = "allow"  # allow | omit | quarantine | reject
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     sqlite_synchronous: str = _DEFAULTS["sqlite_synchronous"]
     retry_after_seconds: int = _DEFAULTS["retry_after_seconds"]
+    sqlite_busy_timeout_ms: int = _DEFAULTS["sqlite_busy_timeout_ms"]
+    plans_dir: str = _DEFAULTS["plans_dir"]
+    rate_limit: tuple[float, float] | None = None
+    public_url: str = _DEFAULTS["public_url"]
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
     # Write keys are public (they ship in browser JS), so a plain lookup is fine.
     write_keys: Mapping[str, Source] = field(default_factory=dict)
@@ -116,6 +133,22 @@ def _scalar(name: str, raw: Any) -> Any:
             raise ConfigError(f"setting {name} must be positive, got {value}")
         return value
     return str(raw)
+
+
+def parse_rate_limit(raw: Any, where: str) -> tuple[float, float] | None:
+    """`RATE` or `RATE:BURST` (requests per second, bucket size; BURST defaults to max(RATE, 1))."""
+    text = str(raw).strip().lower() if raw is not None else ""
+    if text in ("", "off", "none", "0"):
+        return None
+    rate_text, _, burst_text = text.partition(":")
+    try:
+        rate = float(rate_text)
+        burst = float(burst_text) if burst_text else max(rate, 1.0)
+    except ValueError:
+        raise ConfigError(f"{where} must be RATE or RATE:BURST (numbers), got {raw!r}") from None
+    if not (rate > 0 and burst >= 1):
+        raise ConfigError(f"{where} needs RATE > 0 and BURST >= 1, got {raw!r}")
+    return rate, burst
 
 
 def _as_list(raw: Any) -> list[str]:
@@ -163,6 +196,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
     except ValueError as exc:
         raise ConfigError(f"trusted_proxies: {exc}") from None
 
+    default_rate = parse_rate_limit(scalars.get("rate_limit"), "rate_limit")
     workspaces: dict[str, Workspace] = {}
     write_keys: dict[str, Source] = {}
     tokens: dict[bytes, Workspace] = {}
@@ -184,12 +218,20 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             mode = str(src_doc.get("invalidMessages", invalid_default))
             if mode not in INVALID_MESSAGE_MODES:
                 raise ConfigError(f"{s_where}.invalidMessages must be one of {INVALID_MESSAGE_MODES}")
+            plan_enforcement = str(src_doc.get("planEnforcement", "allow"))
+            if plan_enforcement not in PLAN_ENFORCEMENTS:
+                raise ConfigError(f"{s_where}.planEnforcement must be one of {PLAN_ENFORCEMENTS}")
             source = Source(
                 id=str(src_doc.get("id") or f"src_{s_index}"),
                 name=str(src_doc.get("name", src_doc.get("id", ""))),
                 workspace_id=ws_id,
                 invalid_messages=mode,
                 allowed_origins=tuple(_as_list(src_doc.get("allowedOrigins")) or ["*"]),
+                rate_limit=parse_rate_limit(src_doc["rateLimit"], f"{s_where}.rateLimit")
+                if "rateLimit" in src_doc
+                else default_rate,
+                tracking_plan=str(src_doc["trackingPlan"]) if src_doc.get("trackingPlan") else None,
+                plan_enforcement=plan_enforcement,
             )
             keys = _as_list(src_doc.get("writeKeys"))
             if not keys:
@@ -210,6 +252,10 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
         trusted_proxies=proxies,
         sqlite_synchronous=synchronous,
         retry_after_seconds=_scalar("retry_after_seconds", scalars.get("retry_after_seconds", 5)),
+        sqlite_busy_timeout_ms=_scalar("sqlite_busy_timeout_ms", scalars.get("sqlite_busy_timeout_ms", 5000)),
+        plans_dir=_scalar("plans_dir", scalars.get("plans_dir", "")),
+        rate_limit=default_rate,
+        public_url=str(scalars.get("public_url", "")).rstrip("/"),
         workspaces=workspaces,
         write_keys=write_keys,
         token_digests=tokens,

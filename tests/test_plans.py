@@ -315,3 +315,11 @@ def test_broken_plan_file_is_a_spec_error(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_text("plan: x\nunplannedEvents: block\n")
     with pytest.raises(SpecError, match="unplannedEvents must be one of"):
         load_plans(tmp_path)
+
+
+def test_violations_are_counted_in_metrics(client: TestClient) -> None:
+    assert send(client, "allow", "/v1/track", ORDER_BAD).status_code == 200
+    assert send(client, "omit", "/v1/track", SIGNUP_PASSWORD).status_code == 200
+    text = client.get("/metrics", headers=bearer(ADMIN)).text
+    assert 'collector_plan_violations_total{source="src_allow"} 1.0' in text
+    assert 'collector_plan_violations_total{source="src_omit"} 1.0' in text

@@ -1,0 +1,133 @@
+"""What browsers need beyond POSTing events:
+
+- `GET /v1/projects/{writeKey}/settings`: the settings document analytics.js fetches from its
+  `cdnURL` at load, pointing `apiHost` at this collector, so
+  `AnalyticsBrowser.load({writeKey, cdnURL: '<collector URL>'})` needs no other configuration.
+- Pixel beacons: `GET /v1/{track,t,page,p}` and `/v1/pixel/{track,page}` with the message as
+  base64 JSON in `data=` (and `writeKey=`, or `writeKey` inside the message), for `<img>` tags
+  and e-mail opens. The decoded message goes through the same pipeline as a POST body; the
+  answer is a 1×1 GIF once the event is stored, and the usual JSON error otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector import endpoints, intake
+from collector.errors import BadRequest, NotFound
+from collector.runtime import Runtime
+
+# The smallest transparent GIF (43 bytes).
+PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+PIXEL_PATHS = {
+    "track": ("/v1/track", "/v1/t", "/v1/pixel/track"),
+    "page": ("/v1/page", "/v1/p", "/v1/pixel/page"),
+}
+
+
+def collector_base_url(request: Request, runtime: Runtime) -> str:
+    """Where browsers reach us: `publicUrl` when set (behind a proxy), else the request's own Host."""
+    if runtime.settings.public_url:
+        return runtime.settings.public_url
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return f"{request.url.scheme}://{host}"
+
+
+def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
+    """The subset of Segment's CDN settings that analytics-next 1.84 reads, for the Segment.io plugin only."""
+    protocol, _, host_and_prefix = base_url.partition("://")
+    api_host = host_and_prefix.rstrip("/") + "/v1"  # analytics.js wants host[:port][/prefix]/v1, no scheme
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": api_host,
+                "protocol": protocol,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        # analytics-next takes the metrics *protocol* only from its load options (default https),
+        # so over plain http its SDK metrics would fail with console errors: off there.
+        "metrics": {"sampleRate": 0.1 if protocol == "https" else 0, "host": api_host},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+async def project_settings(request: Request) -> Response:
+    """GET /v1/projects/{writeKey}/settings."""
+    runtime: Runtime = request.app.state.runtime
+    write_key = request.path_params["write_key"]
+    if write_key not in runtime.settings.write_keys:
+        raise NotFound("Unknown write key", "No source has this write key. Check the key in your SDK set-up.")
+    document = settings_document(write_key, collector_base_url(request, runtime))
+    return Response(
+        orjson.dumps(document),
+        media_type="application/json",
+        headers={"Cache-Control": "public, max-age=60"},
+    )
+
+
+def decode_data(raw: str | None, max_bytes: int) -> tuple[dict[str, Any], int]:
+    """The message in `data=`: base64 (standard or URL-safe, padding optional) of a JSON object."""
+    if not raw:
+        raise BadRequest(
+            "Missing data",
+            "A pixel request carries the message as base64-encoded JSON in the `data` query parameter.",
+            code="invalid_parameter",
+            parameter="data",
+        )
+    # An unescaped `+` arrives as a space after query decoding.
+    text = raw.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
+    if len(text) * 3 // 4 > max_bytes:
+        raise intake.too_large("maxEventBytes", max_bytes, "The event")
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "Invalid data",
+            "`data` must be base64 (standard or URL-safe) of a JSON object.",
+            code="invalid_parameter",
+            parameter="data",
+        ) from None
+    return intake.parse_json(decoded), len(decoded)
+
+
+async def pixel(request: Request, kind: str) -> Response:
+    """GET beacon: same validation, enrichment and storage as a POST; a 1×1 GIF when stored."""
+    runtime: Runtime = request.app.state.runtime
+    payload, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
+    await endpoints.ingest(request, runtime, payload, size, kind)
+    # no-store: an e-mail client or proxy that caches the image would hide later opens.
+    return Response(PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+
+
+def routes() -> list[Route]:
+    def pixel_of(kind: str) -> Any:
+        async def handler(request: Request) -> Response:
+            return await pixel(request, kind)
+
+        return handler
+
+    table = [Route("/v1/projects/{write_key}/settings", project_settings, methods=["GET"])]
+    for kind, paths in PIXEL_PATHS.items():
+        table += [Route(path, pixel_of(kind), methods=["GET"]) for path in paths]
+    return table

@@ -1,0 +1,140 @@
+"""CORS for browsers (analytics.js), as a pure ASGI middleware around the whole app.
+
+Why it sits outside the routes: a browser that gets an answer without
+`Access-Control-Allow-Origin` reports a network error and re-sends the event for minutes, so
+every answer (errors, 404s, 503s, unhandled 500s) must carry the headers.
+
+Policy:
+- Each source lists `allowedOrigins` (default `*`: any origin). Credentials are never allowed,
+  so `*` is safe; a listed origin is echoed with `Vary: Origin`.
+- A preflight carries no write key, so it is answered for any origin that some source allows.
+- An event request whose write key is visible in the headers (HTTP Basic or `?writeKey=`, which
+  is how analytics.js sends it) from an origin its source does not allow is refused with 403
+  before anything is read or stored. The 403 itself is readable by the page, so the SDK sees a
+  final 4xx instead of a network error it would retry.
+- `Retry-After` and `X-Request-Id` are exposed so the SDK can honour 429/503 back-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from collector.auth import write_key_from_basic
+from collector.errors import CollectorError, Unauthorized
+from collector.settings import Settings, Source
+
+# Preflight answer: Chromium caps the cache at 2 hours; without a max-age it re-preflights after ~5 s.
+MAX_AGE_SECONDS = 7200
+ALLOWED_METHODS = b"GET, POST, DELETE, OPTIONS"
+# analytics-next sends Authorization (Basic) and, on retries, X-Retry-Count; `*` would not cover
+# Authorization per the Fetch spec, so they are listed.
+ALLOWED_HEADERS = (b"authorization", b"content-type", b"content-encoding", b"x-retry-count", b"x-request-id")
+EXPOSED_HEADERS = b"Retry-After, X-Request-Id"
+
+
+class OriginNotAllowed(CollectorError):
+    status = 403
+    code = "origin_not_allowed"
+    message = "Origin not allowed"
+    more_info = "This source does not accept events from that web origin (allowedOrigins in the config)."
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """`*`, an exact origin, or `scheme://*.domain` for any subdomain of domain."""
+    for pattern in allowed:
+        if pattern == "*" or pattern == origin:
+            return True
+        scheme, sep, host = pattern.partition("://*.")
+        if sep and origin.startswith(scheme + "://") and origin.endswith("." + host):
+            return True
+    return False
+
+
+class CORSMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.write_keys = settings.write_keys
+        sources = {source.id: source for source in settings.write_keys.values()}
+        # What a preflight (which carries no key) is answered for: the union of all sources.
+        self.any_origin = not sources or any("*" in s.allowed_origins for s in sources.values())
+        self.known_origins = frozenset(o for s in sources.values() for o in s.allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin_raw = headers.get(b"origin")
+        if origin_raw is None:  # not a CORS request: nothing to add
+            await self.app(scope, receive, send)
+            return
+        origin = origin_raw.decode("latin-1")
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            await self.preflight(origin, scope, receive, send)
+            return
+
+        source = self.source_of(scope, headers)
+        if source is not None:
+            wildcard = "*" in source.allowed_origins
+            allowed = wildcard or origin_allowed(origin, source.allowed_origins)
+        else:
+            wildcard = self.any_origin
+            allowed = wildcard or origin_allowed(origin, self.known_origins)
+        cors = cors_headers(origin_raw, wildcard) if allowed else []
+
+        if source is not None and not allowed:
+            # Readable by the page (echoed origin) so the SDK drops the event instead of retrying.
+            refusal = OriginNotAllowed(more_info=f"Source {source.id} does not accept events from {origin}.")
+            await refusal.response()(scope, receive, with_headers(send, cors_headers(origin_raw, False)))
+            return
+        await self.app(scope, receive, with_headers(send, cors))
+
+    def source_of(self, scope: Scope, headers: dict[bytes, bytes]) -> Source | None:
+        """The source named by a write key in the headers or query (not the body: it is not read here)."""
+        try:
+            key = write_key_from_basic(headers.get(b"authorization", b"").decode("latin-1") or None)
+        except Unauthorized:
+            key = None  # the endpoint answers the malformed header with its own 401
+        if key is None and scope.get("query_string"):
+            key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
+        return self.write_keys.get(key) if key else None
+
+    async def preflight(self, origin: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (self.any_origin or origin_allowed(origin, self.known_origins)):
+            refusal = OriginNotAllowed(more_info=f"No source accepts requests from {origin}.")
+            await refusal.response()(scope, receive, send)
+            return
+        headers = [
+            *cors_headers(origin.encode("latin-1"), self.any_origin),
+            (b"access-control-allow-methods", ALLOWED_METHODS),
+            (b"access-control-allow-headers", b", ".join(ALLOWED_HEADERS)),
+            (b"access-control-max-age", str(MAX_AGE_SECONDS).encode()),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def cors_headers(origin: bytes, wildcard: bool) -> list[tuple[bytes, bytes]]:
+    if wildcard:
+        return [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", EXPOSED_HEADERS)]
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-expose-headers", EXPOSED_HEADERS),
+        (b"vary", b"Origin"),
+    ]
+
+
+def with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    if not extra:
+        return send
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return sending
