@@ -158,11 +158,11 @@ def tracking_plans(settings: Settings) -> PlanRegistry | None:
     wanted = {source.tracking_plan for source in settings.write_keys.values() if source.tracking_plan}
     if not wanted:
         return None
-    registry = PlanRegistry(Path(settings.plans_dir) if settings.plans_dir else default_plans_dir())
-    missing = wanted - set(registry.plans)
-    if missing:
-        raise ConfigError(f"tracking plans not found in {registry.plans_dir}: {', '.join(sorted(missing))}")
-    return registry
+    plans_dir = Path(settings.plans_dir) if settings.plans_dir else default_plans_dir()
+    try:
+        return PlanRegistry(plans_dir, required=wanted)
+    except Exception as exc:  # SpecError, or a plan file of the wrong shape
+        raise ConfigError(f"tracking plans in {plans_dir}: {exc}") from exc
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -8,6 +8,7 @@ Only this module and `intake.read_body` see the HTTP request; every stage is a p
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from collector import auth, intake, plans, ratelimit
 from collector.enrichment import Arrival, enrich
-from collector.errors import BadRequest, InvalidMessage, StorageUnavailable
+from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
 from collector.runtime import IntakeReport, Runtime
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
@@ -56,13 +57,12 @@ async def ingest(request: Request, runtime: Runtime, payload: dict[str, Any], bo
     messages, arrival = split(payload, kind, body_size, request, runtime)  # 400 / 413
     valid, invalid = validate(messages, runtime, check_sizes=body_size > settings.max_event_bytes)
     planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid, messages)  # the site's plan
-    held, refused = sort_invalid(invalid, planned, source)  # which go to quarantine, which are answered 400
+    kept, events, unstorable = enrich_and_encode(planned.kept, messages, arrival, source)
+    held, refused = sort_invalid(invalid + unstorable, planned, source)  # to quarantine / answered 400
 
-    received_at = arrival.received_at_text
-    events = [stored_event(enrich(message, arrival, received_at), source) for message in planned.kept]
-    quarantined = quarantine(held, source, received_at)
+    quarantined = quarantine(held, source, arrival.received_at_text)
     result = await runtime.storage.write(events, quarantined)  # 503 on failure, never 200
-    await link_profiles(runtime, source, planned.kept, received_at)
+    await link_profiles(runtime, source, kept, result.inserted_ids, arrival.received_at_text)
 
     runtime.count("accepted", source.id, result.stored)
     runtime.count("duplicate", source.id, result.duplicates)
@@ -75,11 +75,31 @@ async def ingest(request: Request, runtime: Runtime, payload: dict[str, Any], bo
     return success()
 
 
+def enrich_and_encode(
+    valid: list[dict[str, Any]], messages: list[Any], arrival: Arrival, source: Source
+) -> tuple[list[dict[str, Any]], list[StoredEvent], list[Invalid]]:
+    """The stored form of each valid message. JSON nested deeper than the encoder allows (255
+    levels; the parser takes 1024) makes that one message invalid, not the whole request a 500."""
+    received_at = arrival.received_at_text
+    kept, events, unstorable = [], [], []
+    for message in valid:
+        try:
+            events.append(stored_event(enrich(message, arrival, received_at), source))
+            kept.append(message)
+        except orjson.JSONEncodeError:
+            index = next(i for i, m in enumerate(messages) if m is message)
+            problem = {"pointer": "", "keyword": "maxDepth", "message": "JSON nested deeper than 255 levels"}
+            unstorable.append((index, message, [problem]))
+    return kept, events, unstorable
+
+
 def sort_invalid(invalid: list[Invalid], planned: plans.Outcome, source: Source) -> tuple[list[Invalid], list[Invalid]]:
     """(to quarantine, to reject): spec violations follow the source's invalidMessages, plan
     violations its planEnforcement."""
     held = invalid if source.invalid_messages == "quarantine" else []
     refused = [] if held else invalid
+    if len(invalid) > 1:
+        invalid.sort(key=lambda item: item[0])
     if planned.quarantined or planned.rejected:
         held = sorted(held + planned.quarantined, key=lambda item: item[0])
         refused = sorted(refused + planned.rejected, key=lambda item: item[0])
@@ -120,8 +140,23 @@ def split(
         raise InvalidMessage(
             "Invalid batch envelope", "Fix the envelope fields named in errors.", errors=envelope_errors
         )
-    context, integrations = payload.get("context"), payload.get("integrations")
-    return messages, Arrival(now, ip, user_agent, context or None, integrations or None, payload.get("sentAt"))
+    merge_envelope(messages, payload.get("context"), payload.get("integrations"))
+    return messages, Arrival(now, ip, user_agent, payload.get("sentAt"))
+
+
+def merge_envelope(messages: list[Any], context: Any, integrations: Any) -> None:
+    """The envelope's context and integrations go into every item (the item's keys win), before
+    validation and plans, so both see what will be stored."""
+    for name, shared in (("context", context), ("integrations", integrations)):
+        if not shared:
+            continue
+        for message in messages:
+            if isinstance(message, dict):
+                own = message.get(name)
+                if own is None:
+                    message[name] = dict(shared)
+                elif isinstance(own, dict):
+                    message[name] = shared | own
 
 
 def envelope_problems(payload: dict[str, Any], validators: Validators) -> list[dict[str, Any]]:
@@ -199,11 +234,21 @@ def quarantine(
                 source_id=source.id,
                 message_id=message_id if isinstance(message_id, str) else None,
                 received_at=received_at,
-                body=orjson.dumps(message),
+                body=encode_for_quarantine(message),
                 errors=orjson.dumps(errors),
             )
         )
     return kept
+
+
+def encode_for_quarantine(message: Any) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:  # deeper than orjson encodes: keep it as one JSON string
+        try:
+            return orjson.dumps({"tooDeep": True, "json": json.dumps(message)})
+        except (RecursionError, ValueError):
+            return orjson.dumps({"tooDeep": True})
 
 
 def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: int, total: int) -> InvalidMessage:
@@ -227,12 +272,15 @@ def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: in
     )
 
 
-async def link_profiles(runtime: Runtime, source: Source, valid: list[dict[str, Any]], now: str) -> None:
-    """An identify whose userId is a profile (usr_…) of this workspace merges its traits into it."""
+async def link_profiles(
+    runtime: Runtime, source: Source, kept: list[dict[str, Any]], inserted: frozenset[str] | None, now: str
+) -> None:
+    """An identify whose userId is a profile (usr_…) of this workspace merges its traits into it,
+    once: a re-sent identify (a duplicate) does not overwrite newer traits."""
     if runtime.profiles is None:
         return
-    for message in valid:
-        if message["type"] != "identify":
+    for message in kept:
+        if message["type"] != "identify" or (inserted is not None and message["messageId"] not in inserted):
             continue
         user_id, traits = message.get("userId"), message.get("traits")
         if isinstance(user_id, str) and USER_ID.match(user_id) and isinstance(traits, dict) and traits:
@@ -244,23 +292,37 @@ def client_ip(request: Request, trusted: tuple[Any, ...]) -> str | None:
     peer = request.client.host if request.client else None
     if not trusted or peer is None:
         return peer
-    try:
-        current = ipaddress.ip_address(peer)
-    except ValueError:
+    current = parse_address(peer)
+    if current is None or not any(current in network for network in trusted):
         return peer
-    if not any(current in network for network in trusted):
-        return peer
-    forwarded = request.headers.get("x-forwarded-for")
+    # Every X-Forwarded-For line counts: a proxy may add its own line after a forged one.
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
     if not forwarded:
         return peer
-    for hop in reversed([part.strip() for part in forwarded.split(",")]):
-        try:
-            current = ipaddress.ip_address(hop)
-        except ValueError:
+    for hop in reversed(forwarded.split(",")):
+        address = parse_address(hop)
+        if address is None:
             break  # garbage in the chain: stop at the last address we could trust
+        current = address
         if not any(current in network for network in trusted):
             return str(current)
     return str(current)
+
+
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP from a peer or X-Forwarded-For hop: ports and brackets dropped, IPv4-mapped IPv6 unwrapped."""
+    text = text.strip()
+    if text.startswith("["):  # [2001:db8::1]:443
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # 198.51.100.9:51234
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 async def telemetry(request: Request) -> Response:
@@ -272,7 +334,7 @@ async def telemetry(request: Request) -> Response:
         payload = orjson.loads(body) if body else {}
         if isinstance(payload, dict) and isinstance(payload.get("series"), list):
             series = len(payload["series"])
-    except (orjson.JSONDecodeError, BadRequest):
+    except (orjson.JSONDecodeError, CollectorError):  # telemetry is never worth an error to the SDK
         pass
     runtime.count("telemetry_requests", "-")
     runtime.count("telemetry_series", "-", series)

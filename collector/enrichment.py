@@ -24,9 +24,7 @@ class Arrival:
     received_at: datetime
     ip: str | None
     user_agent: str | None
-    envelope_context: dict[str, Any] | None = None
-    envelope_integrations: dict[str, Any] | None = None
-    envelope_sent_at: Any = None
+    envelope_sent_at: Any = None  # the batch's sentAt, for items without their own
 
     @property
     def received_at_text(self) -> str:
@@ -68,17 +66,8 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
                 del message[name]  # python and the browser send null for "absent"
             elif type(value) is int:
                 message[name] = str(value)
-
-    if arrival.envelope_context:
-        inner = message.get("context")
-        message["context"] = (
-            arrival.envelope_context | inner if isinstance(inner, dict) else dict(arrival.envelope_context)
-        )
-    if arrival.envelope_integrations:
-        inner = message.get("integrations")
-        message["integrations"] = (
-            arrival.envelope_integrations | inner if isinstance(inner, dict) else dict(arrival.envelope_integrations)
-        )
+            elif type(value) is float:  # JSON Schema's "integer" admits 1.0
+                message[name] = str(int(value))
 
     context = message.get("context")
     if not isinstance(context, dict):

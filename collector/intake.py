@@ -54,24 +54,32 @@ def inflate(raw: bytes, encoding: str, max_bytes: int) -> bytes:
         wbits = -zlib.MAX_WBITS  # raw deflate: some clients omit the zlib header
     else:
         wbits = _WBITS[encoding]
-    inflater = zlib.decompressobj(wbits)
-    try:
-        body = inflater.decompress(raw, max_bytes + 1)
-    except zlib.error as exc:
-        raise BadRequest(
-            f"Body is not valid {encoding}",
-            f"Decompression failed: {exc}. Send the body compressed as Content-Encoding says, or drop the header.",
-            code="invalid_encoding",
-        ) from None
-    if len(body) > max_bytes or inflater.unconsumed_tail:
-        raise too_large("maxRequestBytes", max_bytes, "The decompressed request body")
-    if not inflater.eof:
-        raise BadRequest(
-            f"Body is truncated {encoding}",
-            "The compressed stream ended early; send the whole body.",
-            code="invalid_encoding",
-        )
-    return body
+    parts: list[bytes] = []
+    size = 0
+    remaining = raw
+    while True:  # gzip allows several members one after another (RFC 1952)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(remaining, max_bytes + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(
+                f"Body is not valid {encoding}",
+                f"Decompression failed: {exc}. Send the body compressed as Content-Encoding says, or drop the header.",
+                code="invalid_encoding",
+            ) from None
+        size += len(part)
+        parts.append(part)
+        if size > max_bytes or inflater.unconsumed_tail:
+            raise too_large("maxRequestBytes", max_bytes, "The decompressed request body")
+        if not inflater.eof:
+            raise BadRequest(
+                f"Body is truncated {encoding}",
+                "The compressed stream ended early; send the whole body.",
+                code="invalid_encoding",
+            )
+        remaining = inflater.unused_data
+        if not remaining or wbits != _WBITS["gzip"]:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

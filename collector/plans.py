@@ -377,16 +377,28 @@ def enforce(plan: Plan | None, enforcement: str, messages: list[dict[str, Any]],
 
 
 class PlanRegistry:
-    """The plans in force, reloaded when their files change (polled; an edit applies within ~0.2 s)."""
+    """The plans in force, reloaded when their files change (polled; an edit applies within ~0.2 s).
+
+    A reload that fails, or that no longer has a plan some source names, is logged and the last
+    good plans stay in force: deleting or renaming a plan never switches enforcement off.
+    """
 
     POLL_SECONDS = 0.2
 
-    def __init__(self, plans_dir: Path) -> None:
+    def __init__(self, plans_dir: Path, required: Iterable[str] = ()) -> None:
+        from collector.spec import load as load_spec
+
         self.plans_dir = plans_dir
+        self.required = frozenset(required)
+        self.definitions = load_spec(default_spec_dir()).definitions  # the base spec does not hot-reload
         self.plans: dict[str, Plan] = {}
         self._stamp: tuple[tuple[str, int, int], ...] = ()
         self._task: asyncio.Task[None] | None = None
-        self.reload()
+        plans, self._stamp = self._load()  # at start-up a broken or missing plan is fatal
+        missing = self.required - set(plans)
+        if missing:
+            raise SpecError(f"tracking plans not found in {plans_dir}: {', '.join(sorted(missing))}")
+        self.plans = plans
 
     def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
         if not self.plans_dir.is_dir():
@@ -400,22 +412,39 @@ class PlanRegistry:
             stamps.append((path.name, stat.st_mtime_ns, stat.st_size))
         return tuple(stamps)
 
-    def reload(self) -> bool:
-        """Load the plans again if a file changed; a broken edit keeps the last good plans."""
+    def _load(self) -> tuple[dict[str, Plan], tuple[tuple[str, int, int], ...]]:
         stamp = self._current_stamp()
-        if stamp == self._stamp:
+        plans, _schemas = load_plans(self.plans_dir, self.definitions)
+        return plans, stamp
+
+    def changed(self) -> bool:
+        return self._current_stamp() != self._stamp
+
+    def install(self, loaded: tuple[dict[str, Plan], tuple[tuple[str, int, int], ...]] | Exception) -> bool:
+        """Swap in freshly loaded plans, or keep the current ones if the load failed or lacks a plan."""
+        if isinstance(loaded, Exception):
+            self._stamp = self._current_stamp()  # do not retry the same broken files every poll
+            log.error("tracking plans not reloaded, keeping the previous ones: %s", loaded)
             return False
-        try:
-            plans, _schemas = load_plans(self.plans_dir)
-        except (SpecError, jsonschema.SchemaError, ValueError) as exc:
-            if not self.plans:  # at start-up a broken plan is fatal
-                raise
-            log.error("tracking plans not reloaded, keeping the previous ones: %s", exc)
+        plans, stamp = loaded
+        missing = self.required - set(plans)
+        if missing:
             self._stamp = stamp
+            log.error("tracking plans not reloaded: %s missing, keeping the previous ones", ", ".join(sorted(missing)))
             return False
         self.plans, self._stamp = plans, stamp
         log.info("tracking plans loaded: %s", ", ".join(sorted(plans)) or "none")
         return True
+
+    def reload(self) -> bool:
+        """Load again (in this thread) if a file changed."""
+        if not self.changed():
+            return False
+        try:
+            loaded: Any = self._load()
+        except Exception as exc:  # any broken edit, whatever its shape
+            loaded = exc
+        return self.install(loaded)
 
     def get(self, name: str | None) -> Plan | None:
         return self.plans.get(name) if name else None
@@ -423,10 +452,13 @@ class PlanRegistry:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(self.POLL_SECONDS)
-            try:
-                self.reload()
-            except Exception:  # never let the watcher die
-                log.exception("tracking plan reload failed")
+            if not self.changed():
+                continue
+            try:  # parsing and compiling takes ~100 ms: off the event loop
+                loaded: Any = await asyncio.to_thread(self._load)
+            except Exception as exc:
+                loaded = exc
+            self.install(loaded)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.watch())
@@ -438,7 +470,3 @@ class PlanRegistry:
                 await self._task
             except asyncio.CancelledError:
                 pass
-
-
-def plan_names_used(sources: Iterable[Any]) -> set[str]:
-    return {source.tracking_plan for source in sources if getattr(source, "tracking_plan", None)}

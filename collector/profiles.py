@@ -38,6 +38,7 @@ from collector.storage.base import ProfileStore
 USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
 RESERVED_PARAMS = ("limit", "pageToken")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
+MAX_POSITION = 2**63 - 1  # SQLite and PostgreSQL bigint
 
 
 class InvalidUserId(BadRequest):
@@ -103,6 +104,10 @@ async def _body(request: Request, runtime: Runtime, schema: str) -> dict[str, An
         raise InvalidJSON(more_info=f"The body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise InvalidJSON("Body is not a JSON object", "The body must be a JSON object.")
+    try:
+        orjson.dumps(body)  # what cannot be encoded cannot be stored
+    except orjson.JSONEncodeError:
+        raise BadRequest("Invalid body", "The body is nested deeper than 255 levels.", code="too_deep") from None
     errors = runtime.validators.errors_for(schema, body)
     if errors:
         field = errors[0]["pointer"].lstrip("/").split("/")[0]
@@ -115,9 +120,10 @@ async def _body(request: Request, runtime: Runtime, schema: str) -> dict[str, An
 async def create_user(request: Request) -> Response:
     runtime, store, workspace_id = _context(request)
     body = await _body(request, runtime, "profile-create")
-    user = await store.create_user(
-        workspace_id, new_id("usr_"), body.get("identifiers") or {}, body.get("traits") or {}, now_text()
-    )
+    # Keys sent as null mean "absent", as they do on update.
+    identifiers = {k: v for k, v in (body.get("identifiers") or {}).items() if v is not None}
+    traits = {k: v for k, v in (body.get("traits") or {}).items() if v is not None}
+    user = await store.create_user(workspace_id, new_id("usr_"), identifiers, traits, now_text())
     return json_response(user)
 
 
@@ -192,7 +198,7 @@ def _decode_token(token: str, fingerprint: str) -> tuple[int | None, int | None]
         if (after is None) == (before is None):
             raise ValueError
         for value in (after, before):
-            if value is not None and (type(value) is not int or value < 0):
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_POSITION):
                 raise ValueError
         return after, before
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
@@ -206,7 +212,7 @@ async def search_users(request: Request) -> Response:
     raw_limit = request.query_params.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
             raise _invalid("limit", f"`limit` must be an integer between 1 and {MAX_LIMIT}; got {raw_limit!r}.")
         limit = int(raw_limit)
     filters = _filters(request)

@@ -46,7 +46,7 @@ def decode_cursor(token: str | None, name: str = "cursor") -> int:
     try:
         decoded = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         after = decoded["after"]
-        if type(after) is not int or after < 0:
+        if type(after) is not int or not 0 <= after <= 2**63 - 1:
             raise ValueError
         return after
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
@@ -90,9 +90,12 @@ def time_param(request: Request, name: str) -> str | None:
     if raw is None or raw == "":
         return None
     moment = parse_time(raw)
-    if moment is None:
-        raise InvalidParameter(f"Invalid {name}", f"`{name}` must be an ISO-8601 time; got {raw!r}.", parameter=name)
-    return format_time(moment)
+    try:
+        if moment is not None:
+            return format_time(moment)
+    except (OverflowError, ValueError):
+        pass
+    raise InvalidParameter(f"Invalid {name}", f"`{name}` must be an ISO-8601 time; got {raw!r}.", parameter=name)
 
 
 async def _poll(fetch: Any, wait: float) -> EventPage:

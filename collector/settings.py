@@ -200,6 +200,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
     workspaces: dict[str, Workspace] = {}
     write_keys: dict[str, Source] = {}
     tokens: dict[bytes, Workspace] = {}
+    source_ids: set[str] = set()
     for index, ws_doc in enumerate(doc.get("workspaces") or []):
         where = f"workspaces[{index}]"
         ws_id = str(ws_doc.get("id", ""))
@@ -222,7 +223,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             if plan_enforcement not in PLAN_ENFORCEMENTS:
                 raise ConfigError(f"{s_where}.planEnforcement must be one of {PLAN_ENFORCEMENTS}")
             source = Source(
-                id=str(src_doc.get("id") or f"src_{s_index}"),
+                id=str(src_doc.get("id") or f"src_{index}_{s_index}"),
                 name=str(src_doc.get("name", src_doc.get("id", ""))),
                 workspace_id=ws_id,
                 invalid_messages=mode,
@@ -233,6 +234,9 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
                 tracking_plan=str(src_doc["trackingPlan"]) if src_doc.get("trackingPlan") else None,
                 plan_enforcement=plan_enforcement,
             )
+            if source.id in source_ids:
+                raise ConfigError(f"{s_where}.id {source.id!r} is used by another source (ids are global)")
+            source_ids.add(source.id)
             keys = _as_list(src_doc.get("writeKeys"))
             if not keys:
                 raise ConfigError(f"{s_where}.writeKeys must list at least one key")
@@ -241,7 +245,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
                     raise ConfigError(f"{s_where}: write key is already used by source {write_keys[key].id}")
                 write_keys[key] = source
 
-    admin = _as_list(scalars.get("admin_tokens")) + _as_list(doc.get("adminTokens"))
+    admin = _as_list(scalars.get("admin_tokens"))  # the env, when set, replaces the file's list
     return Settings(
         storage=_scalar("storage", scalars.get("storage", _DEFAULTS["storage"])),
         profiles=_scalar("profiles", scalars.get("profiles", "")),

@@ -132,6 +132,8 @@ class _Generator:
         for key in _PASSTHROUGH:
             if key in spec:
                 schema[key] = spec[key]
+        if spec.get("nullable") and "enum" in schema and None not in schema["enum"]:
+            schema["enum"] = [*schema["enum"], None]  # enum is checked on its own: null must be listed
         if "fields" in spec:
             schema.update(self.object_body(spec["fields"], where, spec.get("additionalFields", True)))
         if "items" in spec:

@@ -40,6 +40,8 @@ class WriteResult:
     stored: int  # new events
     duplicates: int  # events whose (workspace, messageId) was already stored
     quarantined: int = 0
+    # messageIds that were new, for backends that can tell cheaply (None: unknown, treat all as new)
+    inserted_ids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -369,10 +369,14 @@ class PostgresStorage:
         where: list[str] = ["workspace_id = %s"]
         params: list[Any] = [workspace_id]
         for path, value in filters:
-            # As in sqlite.py: a query value (text) matches a string identifier, or the JSON
-            # literal of a number or boolean (?age=34, ?vip=true).
-            where.append("(identifiers #> %s::text[])::text IN (%s, %s)")
-            params += [path, orjson.dumps(value).decode(), value]
+            # As in sqlite.py: a query value (text) matches a string identifier equal to it, or a
+            # number or boolean whose JSON form is that text (?age=34, ?vip=true); objects and null never.
+            where.append(
+                "CASE jsonb_typeof(identifiers #> %s::text[]) WHEN 'string' THEN identifiers #>> %s::text[] = %s"
+                " WHEN 'number' THEN (identifiers #> %s::text[])::text = %s"
+                " WHEN 'boolean' THEN (identifiers #> %s::text[])::text = %s ELSE false END"
+            )
+            params += [path, path, value, path, value, path, value]
         filters_sql = " AND ".join(where)
         columns = "position, id, identifiers, traits, created_at, updated_at"
         if before is not None:

@@ -10,6 +10,7 @@ Reads run on their own connections in a small thread pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import sqlite3
 import threading
@@ -33,7 +34,7 @@ from collector.storage.base import (
     user_object,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS = {
     1: """
     CREATE TABLE IF NOT EXISTS events (
@@ -72,15 +73,32 @@ MIGRATIONS = {
     );
     CREATE INDEX IF NOT EXISTS profiles_workspace ON profiles (workspace_id, position);
     """,
+    2: """
+    DELETE FROM quarantine WHERE message_id IS NOT NULL AND position NOT IN (
+        SELECT MIN(position) FROM quarantine WHERE message_id IS NOT NULL GROUP BY workspace_id, message_id
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS quarantine_message ON quarantine (workspace_id, message_id)
+        WHERE message_id IS NOT NULL;
+    """,
 }
 MAX_GROUP = 512  # operations (requests) per transaction
-_INSERT_EVENT = (
+_INSERT_EVENTS = (
     "INSERT OR IGNORE INTO events (workspace_id, source_id, message_id, type, event, user_id,"
-    " anonymous_id, received_at, timestamp, body) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " anonymous_id, received_at, timestamp, body) VALUES "
 )
+_EVENT_ROW = "(?,?,?,?,?,?,?,?,?,?)"
+ROWS_PER_STATEMENT = 3000  # 10 parameters a row, under SQLite's 32766-parameter cap
 _INSERT_QUARANTINE = (
-    "INSERT INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors) VALUES (?,?,?,?,?,?)"
+    "INSERT OR IGNORE INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors)"
+    " VALUES (?,?,?,?,?,?)"
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_events_sql(rows: int) -> str:
+    # One multi-row INSERT … RETURNING tells which rows were new (executemany cannot).
+    return _INSERT_EVENTS + ",".join([_EVENT_ROW] * rows) + " RETURNING message_id"
+
 
 Operation = Callable[[sqlite3.Connection], Any]
 
@@ -209,8 +227,10 @@ class SQLiteStorage:
                 )
             ]
         except Exception as exc:
-            if len(group) == 1:
-                return [(group[0][1], False, _unavailable(exc))]
+            if len(group) == 1 or _is_lock_error(exc):
+                # Another process holds the lock (busy timeout spent): retrying each operation
+                # alone would wait the timeout once per operation. Fail the group now.
+                return [(future, False, _unavailable(exc)) for _, future in group]
         # One operation spoiled the shared transaction: run each alone so the others still land.
         outcomes = []
         for operation, future in group:
@@ -252,13 +272,22 @@ class SQLiteStorage:
         bad = [(q.workspace_id, q.source_id, q.message_id, q.received_at, q.body, q.errors) for q in quarantined or ()]
 
         def insert(conn: sqlite3.Connection) -> WriteResult:
-            before = conn.total_changes
-            if rows:
-                conn.executemany(_INSERT_EVENT, rows)
-            stored = conn.total_changes - before
+            inserted: list[str] = []
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start : start + ROWS_PER_STATEMENT]
+                params = [value for row in chunk for value in row]
+                inserted += [r[0] for r in conn.execute(_insert_events_sql(len(chunk)), params).fetchall()]
+            kept_aside = 0
             if bad:
-                conn.executemany(_INSERT_QUARANTINE, bad)
-            return WriteResult(stored=stored, duplicates=len(rows) - stored, quarantined=len(bad))
+                before = conn.total_changes
+                conn.executemany(_INSERT_QUARANTINE, bad)  # a re-sent invalid message is kept once
+                kept_aside = conn.total_changes - before
+            return WriteResult(
+                stored=len(inserted),
+                duplicates=len(rows) - len(inserted),
+                quarantined=kept_aside,
+                inserted_ids=frozenset(inserted),
+            )
 
         return await self._submit(insert)
 
@@ -390,10 +419,14 @@ class SQLiteStorage:
         where, params = ["workspace_id = ?"], [workspace_id]
         for path, value in filters:
             json_path = "$" + "".join('."' + key + '"' for key in path)
-            # Query values are text; an identifier matches as a string or as the JSON literal
-            # of a number or boolean (?age=34, ?vip=true).
-            where.append("(identifiers -> ?) IN (?, ?)")
-            params += [json_path, orjson.dumps(value).decode(), value]
+            # Query values are text; an identifier matches when it is that string, or a number or
+            # boolean whose JSON form is that text (?age=34, ?vip=true). Objects and null never match.
+            where.append(
+                "CASE json_type(identifiers, ?) WHEN 'text' THEN identifiers ->> ? = ?"
+                " WHEN 'integer' THEN identifiers -> ? = ? WHEN 'real' THEN identifiers -> ? = ?"
+                " WHEN 'true' THEN ? = 'true' WHEN 'false' THEN ? = 'false' ELSE 0 END"
+            )
+            params += [json_path, json_path, value, json_path, value, json_path, value, value, value]
         filters_sql = " AND ".join(where)
 
         def run(conn: sqlite3.Connection) -> UserPage:
@@ -438,6 +471,11 @@ def _page(rows: list[Any], limit: int, render: Callable[[Any], dict[str, Any]]) 
     rows = rows[:limit]
     items = [{"position": r[0], "workspaceId": r[1], "sourceId": r[2]} | render(r) for r in rows]
     return EventPage(items=items, next_after=rows[-1][0] if more and rows else None)
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def _unavailable(exc: BaseException) -> Exception:
