@@ -1,0 +1,136 @@
+"""The load-test kit keeps working: the Locust scenarios against a real collector process, and
+the benchmark script's --quick mode. Neither asserts speed: they check that every request the
+scenarios made succeeded and that what they sent is what the collector stored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ADMIN, ROOT, TOKEN, WRITE_KEY, bearer, start_server
+
+LOADTESTS = ROOT / "loadtests"
+SERVER_ENV = {"PYTHONPATH": str(ROOT)}  # the collector runs from this checkout, installed or not
+
+
+def stored_count(url: str) -> int:
+    """Every event stored, counted through the read-back API (paginated)."""
+    total, cursor = 0, None
+    with httpx.Client(base_url=url, headers=bearer(ADMIN), timeout=30) as client:
+        while True:
+            params = {"limit": "1000"} | ({"cursor": cursor} if cursor else {})
+            page = client.get("/v1/events", params=params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            total += len(body["data"])
+            cursor = body["meta"]["nextCursor"]
+            if not cursor:
+                return total
+
+
+def run_locust(url: str, tmp_path: Path, *extra: str, seconds: int = 6) -> tuple[subprocess.CompletedProcess, dict]:
+    summary_file = tmp_path / "locust-summary.json"
+    args = [
+        sys.executable,
+        "-m",
+        "locust",
+        "--config",
+        str(LOADTESTS / "locust.conf"),
+        "-f",
+        str(LOADTESTS / "locustfile.py"),
+        "--host",
+        url,
+        "--users",
+        "20",
+        "--spawn-rate",
+        "20",
+        "--run-time",
+        f"{seconds}s",
+        "--write-key",
+        WRITE_KEY,
+        "--token",
+        TOKEN,
+        "--summary-file",
+        str(summary_file),
+        *extra,
+    ]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return done, summary
+
+
+def test_locust_scenarios_store_every_event_they_send(tmp_path: Path, config_path: Path, db_url: str) -> None:
+    server = start_server(tmp_path, config_path, db_url, env=SERVER_ENV)
+    try:
+        done, summary = run_locust(server.url, tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert summary["failures"] == 0, summary
+        assert summary["passed"] is True
+        # Every kind of user ran: browser default and batching delivery, server SDKs, the profile API.
+        names = {name for name, entry in summary["by_name"].items() if entry["requests"]}
+        assert {"POST /v1/p", "POST /v1/b", "POST /identify", "POST /track/:userId"} <= names, names
+        assert any(name.startswith("POST /v1/batch") for name in names), names
+        assert summary["events_sent"] > 0 and summary["profiles_created"] > 0
+        # What the users counted as accepted is exactly what the collector stored (ids are unique).
+        assert stored_count(server.url) == summary["events_sent"]
+    finally:
+        server.stop()
+
+
+def test_locust_run_fails_when_a_threshold_is_crossed(tmp_path: Path, config_path: Path, db_url: str) -> None:
+    """A wrong profile token makes every profile request fail: the run must exit non-zero."""
+    server = start_server(tmp_path, config_path, db_url, env=SERVER_ENV)
+    try:
+        done, summary = run_locust(server.url, tmp_path, "--token", "tok_wrong", seconds=3)
+        assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+        assert summary["failures"] > 0 and summary["passed"] is False
+        assert summary["by_name"]["POST /identify"]["failures"] > 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("generator", ["auto", "bundled"])
+def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
+    if generator == "auto" and not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (the bundled case covers the fallback)")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--generator", generator, "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "targets:" in done.stdout
+    summary = json.loads(out.read_text())
+    for name in ("bare", "single", "batch", "profile", "paced"):
+        scenario = summary["scenarios"][name]
+        assert scenario["requests"] > 0, (name, scenario)
+        assert scenario["errors"] == 0, (name, scenario)
+    assert summary["peak_rss_mb"]["collector"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_soak_ten_minutes_flat_memory_zero_failures(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "benchmark.py"), "--soak", "600", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    soak = json.loads(out.read_text())
+    assert soak["requests"] > 0
+    assert soak["errors"] == 0, soak
+    # Flat: the last quarter's peak RSS within 10 % (+ 8 MB of allocator slack) of the first quarter's.
+    assert soak["rss_last_quarter_mb"] <= soak["rss_first_quarter_mb"] * 1.10 + 8, soak
