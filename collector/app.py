@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from collector import browser, debugger, endpoints, metrics, openapi, profiles, readback
 from collector.cors import CORSMiddleware
 from collector.errors import CollectorError, ConfigError, MethodNotAllowed, NotFound, StorageUnavailable
+from collector.ids import unique_hex
 from collector.plans import PlanRegistry, default_plans_dir
 from collector.runtime import Runtime
 from collector.settings import Settings
@@ -62,7 +62,7 @@ class RequestContext:
                     request_id = candidate
                 break
         if request_id is None:
-            request_id = os.urandom(12).hex()
+            request_id = unique_hex()[-24:]
         scope["request_id"] = request_id
         header = (b"x-request-id", request_id.encode("latin-1"))
         started = False

@@ -9,10 +9,11 @@ Timestamps (see README "Timestamps"):
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from collector.ids import unique_hex
 
 _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 
@@ -26,9 +27,10 @@ class Arrival:
     user_agent: str | None
     envelope_sent_at: Any = None  # the batch's sentAt, for items without their own
 
-    @property
-    def received_at_text(self) -> str:
-        return format_time(self.received_at)
+    received_at_text: str = field(init=False)  # formatted once per request
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "received_at_text", format_time(self.received_at))
 
 
 def format_time(moment: datetime) -> str:
@@ -53,7 +55,7 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def new_message_id() -> str:
-    return "api-" + os.urandom(16).hex()
+    return "api-" + unique_hex()
 
 
 def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> dict[str, Any]:

@@ -62,6 +62,23 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._event_children: dict[tuple[str, str, str], Any] = {}
+
+    def request_timer(self, method: str, route: str, status: int) -> Any:
+        """The labelled histogram child, cached: `.labels()` costs a lock and a dict build per call."""
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.request_seconds.labels(method, route, str(status))
+        return child
+
+    def event_counter(self, outcome: str, kind: str, source: str) -> Any:
+        key = (outcome, kind, source)
+        child = self._event_children.get(key)
+        if child is None:
+            child = self._event_children[key] = self.events.labels(outcome, kind, source)
+        return child
 
     def on_intake(self, report: IntakeReport) -> None:
         """Runtime listener: count one request's events by outcome and type."""
@@ -72,18 +89,18 @@ class Metrics:
             outcome = "accepted" if duplicates == 0 else "duplicate"
             for kind, count in by_type.items():
                 if stored and duplicates:  # one type, split between the two outcomes
-                    self.events.labels("accepted", kind, source).inc(stored)
-                    self.events.labels("duplicate", kind, source).inc(duplicates)
+                    self.event_counter("accepted", kind, source).inc(stored)
+                    self.event_counter("duplicate", kind, source).inc(duplicates)
                 else:
-                    self.events.labels(outcome, kind, source).inc(count)
+                    self.event_counter(outcome, kind, source).inc(count)
         else:
-            self.events.labels("accepted", "mixed", source).inc(stored)
-            self.events.labels("duplicate", "mixed", source).inc(duplicates)
+            self.event_counter("accepted", "mixed", source).inc(stored)
+            self.event_counter("duplicate", "mixed", source).inc(duplicates)
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for _index, message, _errors in items:
                 sent_type = message.get("type") if isinstance(message, dict) else None
-                known = isinstance(sent_type, str) and sent_type in EVENT_TYPES  # a sent type may be any JSON
-                self.events.labels(outcome, sent_type if known else "unknown", source).inc()
+                kind = sent_type if isinstance(sent_type, str) and sent_type in EVENT_TYPES else "unknown"
+                self.event_counter(outcome, kind, source).inc()  # a sent type may be any JSON
 
 
 class RuntimeCounters(Collector):
@@ -178,7 +195,7 @@ class RequestTimer:
             await self.app(scope, receive, timed_send)
         finally:
             elapsed = time.perf_counter() - began
-            self.metrics.request_seconds.labels(scope["method"], route_template(scope), str(status)).observe(elapsed)
+            self.metrics.request_timer(scope["method"], route_template(scope), status).observe(elapsed)
 
 
 def install(runtime: Runtime) -> Metrics:

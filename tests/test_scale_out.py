@@ -347,8 +347,9 @@ def test_jetstream_cluster_r3_keeps_answering_200_through_sigkill_of_a_node(
     tmp_path: Path, config: Path, pg_server: Postgres
 ) -> None:
     cluster = start_nats(3)
-    # timeout=10: a request may wait that long for its acks, through a stream leader election (4–9 s).
-    node = start_server(tmp_path, config, cluster.url(replicas=3, timeout=10), "--profiles", fresh_database(pg_server))
+    # timeout=20: a request may wait that long for its acks, through a stream leader election (4–9 s
+    # here, longer on a loaded 2-core CI machine).
+    node = start_server(tmp_path, config, cluster.url(replicas=3, timeout=20), "--profiles", fresh_database(pg_server))
     try:
         senders = Senders([node.url], batch_size=10)
         senders.start(threads=4)
@@ -384,8 +385,15 @@ def test_jetstream_cluster_r3_keeps_answering_200_through_sigkill_of_a_node(
 
 
 def follower_is_current(cluster: Nats, node: NatsNode) -> bool:
-    """True when `node` is back in the stream's replica set and current (as its peers see it)."""
-    other = next(n for n in cluster.nodes if n is not node and n.process and n.process.poll() is None)
+    """True when `node` is back in the stream's replica set and current, as the stream leader sees it
+    (only the leader tracks how far each replica is; another follower's view may never say current)."""
+    try:
+        leader = stream_leader(cluster, "EVENTS")
+    except AssertionError:
+        return False
+    other = next((n for n in cluster.nodes if n.name == leader and n is not node), None)
+    if other is None:
+        return False
     try:
         info = httpx.get(f"http://127.0.0.1:{other.monitor_port}/jsz", params={"streams": "true"}, timeout=2).json()
     except (httpx.HTTPError, ValueError):

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -87,6 +88,9 @@ def dedupe_id(workspace_id: str, message_id: str) -> str:
     return f"{workspace_id}:sha256:{hashlib.sha256(message_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
+STARTUP_WAIT_SECONDS = 30
+
+
 class NATSStorage:
     def __init__(self, url: str) -> None:
         self.servers, options = parse_url(url)
@@ -122,8 +126,18 @@ class NATSStorage:
                 reconnect_time_wait=0.25,
             )
             js = nc.jetstream(timeout=self.timeout, publish_async_max_pending=self.inflight)
-            await self._ensure_stream(js, self.stream, f"{self.prefix}.>", self.duplicate_window)
-            await self._ensure_stream(js, self.quarantine_stream, f"{self.prefix}_quarantine.>", 0)
+            # A cluster that is still forming (no JetStream meta leader yet) answers with errors
+            # or timeouts for a few seconds: keep trying for a while before giving up on start.
+            deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+            while True:
+                try:
+                    await self._ensure_stream(js, self.stream, f"{self.prefix}.>", self.duplicate_window)
+                    await self._ensure_stream(js, self.quarantine_stream, f"{self.prefix}_quarantine.>", 0)
+                    break
+                except (TimeoutError, nats.errors.Error):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         except Exception as exc:
             self._opened -= 1
             if "nc" in locals():
