@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import payloads  # noqa: E402  (the loadtests directory is not a package)
 
 WRITE_KEY = "wk_bench"
+PLAN_KEY = "wk_bench_plan"  # a source with the sample tracking plan (spec/plans/shop.yaml) active
 TOKEN = "tok_bench"
 ADMIN = "adm_bench"
 WORKSPACE = "ws_BenchWorkspace01"
@@ -192,7 +193,16 @@ def write_config(path: Path) -> None:
                         "id": WORKSPACE,
                         "name": "Bench",
                         "tokens": [TOKEN],
-                        "sources": [{"id": "src_bench", "name": "Bench", "writeKeys": [WRITE_KEY]}],
+                        "sources": [
+                            {"id": "src_bench", "name": "Bench", "writeKeys": [WRITE_KEY]},
+                            {
+                                "id": "src_plan",
+                                "name": "Bench with plan",
+                                "writeKeys": [PLAN_KEY],
+                                "trackingPlan": "shop",
+                                "planEnforcement": "omit",
+                            },
+                        ],
                     }
                 ],
             }
@@ -267,6 +277,12 @@ def single_spec(port: int, prefix: str, connections: int, duration: float, rate:
     head, tail = event_parts()
     headers = payloads.browser_headers(WRITE_KEY)
     return LoadSpec(port, "/v1/t", headers, "single", head, tail, prefix, connections, duration, rate)
+
+
+def planned_spec(port: int, prefix: str, connections: int, duration: float) -> LoadSpec:
+    head, tail = payloads.planned_order_template(PLAN_KEY).split(payloads.MESSAGE_ID_SLOT)
+    headers = payloads.browser_headers(PLAN_KEY)
+    return LoadSpec(port, "/v1/t", headers, "single", head, tail, prefix, connections, duration)
 
 
 def batch_spec(port: int, prefix: str, connections: int, duration: float) -> LoadSpec:
@@ -534,7 +550,9 @@ def servers(bench: Bench, synchronous: str) -> Iterator[tuple[Process, Process]]
 
 
 def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    results: dict[str, list[LoadResult]] = {name: [] for name in ("bare", "single", "batch", "profile", "paced")}
+    results: dict[str, list[LoadResult]] = {
+        name: [] for name in ("bare", "single", "planned", "batch", "profile", "paced")
+    }
     with servers(bench, args.synchronous) as (bare, collector):
         users = create_users(collector.port, args.users)
 
@@ -543,11 +561,13 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                 return single_spec(bare.port, bench.prefix(), args.connections, duration)
             if name == "single":
                 return single_spec(collector.port, bench.prefix(), args.connections, duration)
+            if name == "planned":
+                return planned_spec(collector.port, bench.prefix(), args.connections, duration)
             if name == "batch":
                 return batch_spec(collector.port, bench.prefix(), args.batch_connections, duration)
             return profile_spec(collector.port, users, args.connections, duration)
 
-        order = ["bare", "single", "batch", "profile"]
+        order = ["bare", "single", "planned", "batch", "profile"]
         for name in order:  # warm-up: imports, caches, SQLite pages; not counted
             bench.load(scenario(name, args.warmup))
         for round_index in range(args.repeats):
@@ -574,6 +594,7 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     labels = {
         "bare": "(1) bare Starlette body() route",
         "single": "(2) single event POST /v1/t",
+        "planned": "(2b) single event, tracking plan active",
         "batch": f"(3) batch of {BATCH_SIZE}, POST /v1/batch",
         "profile": "(4) profile merge POST /track/:id",
         "paced": f"(5) single at 50% of max ({outcome['paced_rate']:,.0f}/s)",

@@ -37,8 +37,10 @@ PAGES = [
     ("/pricing", "Pricing"),
     ("/checkout", "Checkout"),
 ]
+# The shop events follow the sample tracking plan (spec/plans/shop.yaml); tests/test_plans.py checks it.
 TRACK_EVENTS = [
     ("Course Clicked", {"title": "Intro to Analytics", "revenue": 19.99, "currency": "USD"}),
+    ("Order Completed", {"order_id": "ord_78", "revenue": 49.98, "currency": "USD", "total": 54.97}),
     ("Product Viewed", {"product_id": "sku_1234", "name": "Analytics Handbook", "price": 29.0}),
     ("Video Played", {"video_id": "vid_42", "position": 0, "quality": "hd"}),
     ("Checkout Started", {"order_id": "ord_77", "value": 49.98, "currency": "USD"}),
@@ -315,5 +317,22 @@ def track_event_template(write_key: str) -> str:
     """A ~1 KB analytics-next track event whose messageId is MESSAGE_ID_SLOT, for string splicing
     by a load generator that cannot run Python per request (wrk's Lua)."""
     message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key)
+    message["messageId"] = MESSAGE_ID_SLOT
+    return orjson.dumps(message).decode()
+
+
+def planned_order_template(write_key: str) -> str:
+    """The same browser track event as an "Order Completed" of the sample tracking plan
+    (spec/plans/shop.yaml), so a source with the plan active checks every property."""
+    message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key)
+    message["event"] = "Order Completed"
+    message["properties"] = {
+        "order_id": "o-1001",
+        "total": 27.5,
+        "revenue": 25.0,
+        "shipping": 2.5,
+        "currency": "EUR",
+        "products": [{"product_id": "p-1", "sku": "SKU-1", "name": "Mug", "price": 12.5, "quantity": 2}],
+    }
     message["messageId"] = MESSAGE_ID_SLOT
     return orjson.dumps(message).decode()

@@ -17,7 +17,7 @@ import yaml
 from starlette.testclient import TestClient
 
 from collector import plan_tools
-from collector.plans import load_plans
+from collector.plans import check, load_plans
 from collector.spec import SpecError
 from conftest import ADMIN, basic, bearer, config_doc, make_client, stored
 
@@ -323,3 +323,18 @@ def test_violations_are_counted_in_metrics(client: TestClient) -> None:
     text = client.get("/metrics", headers=bearer(ADMIN)).text
     assert 'collector_plan_violations_total{source="src_allow"} 1.0' in text
     assert 'collector_plan_violations_total{source="src_omit"} 1.0' in text
+
+
+def test_the_load_test_traffic_follows_the_sample_plan() -> None:
+    sys.path.insert(0, str(ROOT / "loadtests"))
+    try:
+        import payloads
+    finally:
+        sys.path.remove(str(ROOT / "loadtests"))
+    plans, _ = load_plans(SHOP.parent)
+    planned = 0
+    for name, properties in payloads.TRACK_EVENTS:
+        message = {"type": "track", "event": name, "userId": "u", "properties": dict(properties)}
+        assert check(plans["shop"], message).violations == [], name
+        planned += name in plans["shop"].events
+    assert planned >= 3
