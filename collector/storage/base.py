@@ -58,6 +58,28 @@ class EventQuery:
     after: int = 0  # cursor: position of the last item already seen
     limit: int = 100
 
+    def where(self, placeholder: str, text: Any = str) -> tuple[str, list[Any]]:
+        """The SQL condition (and its parameters) that SQL backends share; `text` adapts id values."""
+        clauses: list[str] = [f"position > {placeholder}"]
+        params: list[Any] = [self.after]
+        for column, value in (
+            ("workspace_id", self.workspace_id),
+            ("source_id", self.source_id),
+            ("message_id", self.message_id),
+            ("type", self.type),
+            ("event", self.event),
+            ("user_id", self.user_id),
+            ("anonymous_id", self.anonymous_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = {placeholder}")
+                params.append(text(value))
+        for column, operator, bound in (("received_at", ">=", self.since), ("received_at", "<", self.until)):
+            if bound is not None:
+                clauses.append(f"{column} {operator} {placeholder}")
+                params.append(bound)
+        return " AND ".join(clauses), params
+
 
 @dataclass(frozen=True)
 class EventPage:

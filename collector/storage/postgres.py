@@ -254,29 +254,10 @@ class PostgresStorage:
         return results
 
     async def read_events(self, query: EventQuery) -> EventPage:
-        clauses: list[str] = ["position > %s"]
-        params: list[Any] = [query.after]
-        for column, value in (
-            ("workspace_id", query.workspace_id),
-            ("source_id", query.source_id),
-            ("message_id", query.message_id),
-            ("type", query.type),
-            ("event", query.event),
-            ("user_id", query.user_id),
-            ("anonymous_id", query.anonymous_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(_text(value))
-        if query.since is not None:
-            clauses.append("received_at >= %s")
-            params.append(query.since)
-        if query.until is not None:
-            clauses.append("received_at < %s")
-            params.append(query.until)
+        condition, params = query.where("%s", _text)
         sql = (
             "SELECT position, workspace_id, source_id, body::text FROM events WHERE "
-            + " AND ".join(clauses)
+            + condition
             + " ORDER BY position LIMIT %s"
         )
         rows = await self._fetch(sql, [*params, query.limit + 1])

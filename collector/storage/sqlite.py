@@ -304,29 +304,10 @@ class SQLiteStorage:
             raise _unavailable(exc) from exc
 
     async def read_events(self, query: EventQuery) -> EventPage:
-        clauses: list[str] = ["position > ?"]
-        params: list[Any] = [query.after]
-        for column, value in (
-            ("workspace_id", query.workspace_id),
-            ("source_id", query.source_id),
-            ("message_id", query.message_id),
-            ("type", query.type),
-            ("event", query.event),
-            ("user_id", query.user_id),
-            ("anonymous_id", query.anonymous_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.since is not None:
-            clauses.append("received_at >= ?")
-            params.append(query.since)
-        if query.until is not None:
-            clauses.append("received_at < ?")
-            params.append(query.until)
+        condition, params = query.where("?")
         sql = (
             "SELECT position, workspace_id, source_id, body FROM events WHERE "
-            + " AND ".join(clauses)
+            + condition
             + " ORDER BY position LIMIT ?"
         )
         rows = await self._read(lambda conn: conn.execute(sql, [*params, query.limit + 1]).fetchall())
