@@ -28,7 +28,6 @@ from collector.validation import Validators
 Invalid = tuple[int, Any, list[dict[str, Any]]]  # (index in the request, message, errors)
 SUCCESS_BODY = b'{"success":true}'
 USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
-SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 
 
 def success() -> Response:

@@ -31,6 +31,7 @@ from collector import intake
 from collector.auth import authenticate_workspace
 from collector.enrichment import format_time
 from collector.errors import BadRequest, CollectorError, InvalidJSON, NotFound, UnsupportedMediaType
+from collector.responses import json_response
 from collector.runtime import Runtime
 from collector.settings import new_id
 from collector.storage.base import ProfileStore
@@ -62,10 +63,6 @@ class InvalidObject(BadRequest):
             f"The provided {field} should be a valid JSON object.",
             errors=[{"pointer": f"/{field}", "keyword": "type", "message": f"{field} must be an object"}],
         )
-
-
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
 def now_text() -> str:

@@ -23,15 +23,12 @@ from starlette.responses import Response
 from collector.auth import require_admin
 from collector.enrichment import format_time, parse_time
 from collector.errors import InvalidParameter, NotFound
+from collector.responses import json_response
 from collector.runtime import Runtime
 from collector.storage.base import EventPage, EventQuery
 
 MAX_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.02
-
-
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
 def encode_cursor(position: int | None) -> str | None:

@@ -220,7 +220,8 @@ def extra_schemas(spec: Spec) -> dict[str, dict[str, Any]]:
                 "description": " ".join(str(body.get("description", "")).split()),
             }
             schema.update(generator.field({k: v for k, v in body.items() if k != "title"}, name))
-            schema.pop("description", None) if not schema.get("description") else None
+            if not schema.get("description"):
+                schema.pop("description", None)
             out[name] = generator.finish(schema)
     return out
 

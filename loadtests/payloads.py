@@ -313,20 +313,20 @@ def profile_track_body(visits: int) -> dict[str, Any]:
 MESSAGE_ID_SLOT = "@@MID@@"
 
 
-def track_event_template(write_key: str) -> str:
+def track_event_template(
+    write_key: str, event: str = "Course Clicked", properties: dict[str, Any] | None = None
+) -> str:
     """A ~1 KB analytics-next track event whose messageId is MESSAGE_ID_SLOT, for string splicing
     by a load generator that cannot run Python per request (wrk's Lua)."""
-    message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key)
+    message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key, event, properties)
     message["messageId"] = MESSAGE_ID_SLOT
     return orjson.dumps(message).decode()
 
 
 def planned_order_template(write_key: str) -> str:
-    """The same browser track event as an "Order Completed" of the sample tracking plan
-    (spec/plans/shop.yaml), so a source with the plan active checks every property."""
-    message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key)
-    message["event"] = "Order Completed"
-    message["properties"] = {
+    """The same event as an "Order Completed" of the sample tracking plan (spec/plans/shop.yaml),
+    so a source with the plan active checks every property."""
+    order = {
         "order_id": "o-1001",
         "total": 27.5,
         "revenue": 25.0,
@@ -334,5 +334,4 @@ def planned_order_template(write_key: str) -> str:
         "currency": "EUR",
         "products": [{"product_id": "p-1", "sku": "SKU-1", "name": "Mug", "price": 12.5, "quantity": 2}],
     }
-    message["messageId"] = MESSAGE_ID_SLOT
-    return orjson.dumps(message).decode()
+    return track_event_template(write_key, "Order Completed", order)
