@@ -1,10 +1,9 @@
-"""create_app(settings) → the Starlette app: routes, the request-id/error middleware, start-up."""
+"""create_app(settings) → the ASGI app: the front door (front.py) before the Starlette routes, and start-up."""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -13,15 +12,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collector import browser, debugger, endpoints, metrics, openapi, profiles, readback
-from collector.cors import CORSMiddleware
-from collector.errors import CollectorError, ConfigError, MethodNotAllowed, NotFound, StorageUnavailable
-from collector.ids import unique_hex
+from collector import browser, debugger, endpoints, front, metrics, openapi, profiles, readback
+from collector.errors import CollectorError, ConfigError
+from collector.front import FrontDoor
 from collector.plans import PlanRegistry, default_plans_dir
 from collector.runtime import Runtime
 from collector.settings import Settings
@@ -43,97 +38,13 @@ CALL_PATHS = {
 BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 
 
-class RequestContext:
-    """Gives every answer an X-Request-Id (a valid incoming one is echoed) and turns any
-    unexpected exception into the JSON error shape, logged with that id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if REQUEST_ID.match(candidate):
-                    request_id = candidate
-                break
-        if request_id is None:
-            request_id = unique_hex()[-24:]
-        scope["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode("latin-1"))
-        started = False
-        status = 500
-        logging_access = access_log.isEnabledFor(logging.INFO)  # off by default: no per-request cost
-        began = time.perf_counter() if logging_access else 0.0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started, status
-            if message["type"] == "http.response.start":
-                started = True
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": request_id, "path": scope.get("path")})
-            if started:
-                raise
-            response = CollectorError().response({"X-Request-Id": request_id})
-            await response(scope, receive, send)
-        finally:
-            if logging_access:
-                access_log.info(
-                    "%s %s %s",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - began) * 1000, 2),
-                    },
-                )
-
-
-async def on_collector_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CollectorError)
-    if exc.status >= 500:
-        log.warning("%s: %s", exc.code, exc.more_info, extra={"request_id": request.scope.get("request_id")})
-    if isinstance(exc, StorageUnavailable):
-        runtime: Runtime = request.app.state.runtime
-        return exc.response({"Retry-After": str(runtime.settings.retry_after_seconds)})
-    return exc.response()
-
-
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return NotFound("Not found", f"No endpoint at {request.url.path}.").response()
-    if exc.status_code == 405:
-        return MethodNotAllowed(more_info=f"{request.method} is not accepted on {request.url.path}.").response(
-            dict(exc.headers or {})
-        )
-    error = CollectorError(str(exc.detail), str(exc.detail))
-    error.status = exc.status_code
-    error.code = "http_error"
-    return error.response()
-
-
 def routes() -> list[Route]:
     table = []
     for kind, paths in CALL_PATHS.items():
         for path in paths:
-            table.append(Route(path, partial(endpoints.collect, kind=kind), methods=["POST"]))
+            table.append(Route(path, partial(endpoints.collect_route, kind=kind), methods=["POST"]))
     for path in BATCH_PATHS:
-        table.append(Route(path, partial(endpoints.collect, kind="batch"), methods=["POST"]))
+        table.append(Route(path, partial(endpoints.collect_route, kind="batch"), methods=["POST"]))
     table += [
         Route("/v1/m", endpoints.telemetry, methods=["POST"]),
         Route("/v1/events", readback.list_events, methods=["GET"]),
@@ -165,7 +76,13 @@ def tracking_plans(settings: Settings) -> PlanRegistry | None:
         raise ConfigError(f"tracking plans in {plans_dir}: {exc}") from exc
 
 
-def create_app(settings: Settings) -> Starlette:
+def event_paths() -> dict[str, str]:
+    """Path → call type ("batch" for the batch paths): the POSTs the front door takes itself."""
+    table = {path: kind for kind, paths in CALL_PATHS.items() for path in paths}
+    return table | dict.fromkeys(BATCH_PATHS, "batch")
+
+
+def create_app(settings: Settings) -> FrontDoor:
     validators = Validators(load_schemas(default_spec_dir()))
     storage = open_backend(settings.storage, **backend_options(settings.storage, settings))
     if settings.profiles_url == settings.storage:
@@ -197,19 +114,20 @@ def create_app(settings: Settings) -> Starlette:
                 await profile_store.close()
             await storage.close()
 
-    app = Starlette(
+    routed = Starlette(
         routes=routes(),
         lifespan=lifespan,
-        exception_handlers={CollectorError: on_collector_error, HTTPException: on_http_error},
+        exception_handlers={
+            CollectorError: front.on_collector_error,
+            HTTPException: front.on_http_error,
+            Exception: front.on_unhandled,
+        },
     )
-    app.state.runtime = runtime
-    app.add_middleware(metrics.RequestTimer, metrics=app_metrics)
-    app.add_middleware(RequestContext)
-    app.add_middleware(CORSMiddleware, settings=settings)  # outermost: even unhandled errors get CORS headers
-    return app
+    routed.state.runtime = runtime
+    return FrontDoor(routed, runtime, app_metrics, event_paths())
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> FrontDoor:
     """Factory for uvicorn (`--workers N` re-imports the app in each process)."""
     from collector.settings import load
 

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from collector import endpoints, intake
 from collector.errors import BadRequest, NotFound
+from collector.intake import Caller
 from collector.runtime import Runtime
 
 # The smallest transparent GIF (43 bytes).
@@ -115,7 +116,7 @@ async def pixel(request: Request, kind: str) -> Response:
     """GET beacon: same validation, enrichment and storage as a POST; a 1×1 GIF when stored."""
     runtime: Runtime = request.app.state.runtime
     payload, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
-    await endpoints.ingest(request, runtime, payload, size, kind)
+    await endpoints.ingest(runtime, Caller.of(request.scope), payload, size, kind)
     # no-store: an e-mail client or proxy that caches the image would hide later opens.
     return Response(PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 

@@ -1,4 +1,4 @@
-"""CORS for browsers (analytics.js), as a pure ASGI middleware around the whole app.
+"""CORS for browsers (analytics.js): the policy the front door (front.py) applies to every answer.
 
 Why it sits outside the routes: a browser that gets an answer without
 `Access-Control-Allow-Origin` reports a network error and re-sends the event for minutes, so
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from collector.auth import write_key_from_basic
 from collector.errors import CollectorError, Unauthorized
@@ -53,44 +53,33 @@ def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
     return False
 
 
-class CORSMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
+class CorsPolicy:
+    """The CORS decisions; the front door (front.py) applies them to every request."""
+
+    def __init__(self, settings: Settings) -> None:
         self.write_keys = settings.write_keys
         sources = {source.id: source for source in settings.write_keys.values()}
         # What a preflight (which carries no key) is answered for: the union of all sources.
         self.any_origin = not sources or any("*" in s.allowed_origins for s in sources.values())
         self.known_origins = frozenset(o for s in sources.values() for o in s.allowed_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        origin_raw = headers.get(b"origin")
-        if origin_raw is None:  # not a CORS request: nothing to add
-            await self.app(scope, receive, send)
-            return
-        origin = origin_raw.decode("latin-1")
-        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-            await self.preflight(origin, scope, receive, send)
-            return
-
+    def answer_headers(
+        self, origin: bytes, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:
+        """(CORS headers for the answer, the 403 to give instead when the key's source refuses the origin)."""
         source = self.source_of(scope, headers)
+        text = origin.decode("latin-1")
         if source is not None:
             wildcard = "*" in source.allowed_origins
-            allowed = wildcard or origin_allowed(origin, source.allowed_origins)
+            allowed = wildcard or origin_allowed(text, source.allowed_origins)
         else:
             wildcard = self.any_origin
-            allowed = wildcard or origin_allowed(origin, self.known_origins)
-        cors = cors_headers(origin_raw, wildcard) if allowed else []
-
+            allowed = wildcard or origin_allowed(text, self.known_origins)
         if source is not None and not allowed:
             # Readable by the page (echoed origin) so the SDK drops the event instead of retrying.
-            refusal = OriginNotAllowed(more_info=f"Source {source.id} does not accept events from {origin}.")
-            await refusal.response()(scope, receive, with_headers(send, cors_headers(origin_raw, False)))
-            return
-        await self.app(scope, receive, with_headers(send, cors))
+            refusal = OriginNotAllowed(more_info=f"Source {source.id} does not accept events from {text}.")
+            return cors_headers(origin, False), refusal
+        return (cors_headers(origin, wildcard) if allowed else []), None
 
     def source_of(self, scope: Scope, headers: dict[bytes, bytes]) -> Source | None:
         """The source named by a write key in the headers or query (not the body: it is not read here)."""
@@ -102,20 +91,18 @@ class CORSMiddleware:
             key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
         return self.write_keys.get(key) if key else None
 
-    async def preflight(self, origin: str, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (self.any_origin or origin_allowed(origin, self.known_origins)):
-            refusal = OriginNotAllowed(more_info=f"No source accepts requests from {origin}.")
-            await refusal.response()(scope, receive, send)
-            return
-        headers = [
-            *cors_headers(origin.encode("latin-1"), self.any_origin),
+    def preflight(self, origin: bytes) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:
+        """(headers of the 204 answer, or the 403 to give when no source accepts the origin)."""
+        text = origin.decode("latin-1")
+        if not (self.any_origin or origin_allowed(text, self.known_origins)):
+            return [], OriginNotAllowed(more_info=f"No source accepts requests from {text}.")
+        return [
+            *cors_headers(origin, self.any_origin),
             (b"access-control-allow-methods", ALLOWED_METHODS),
             (b"access-control-allow-headers", b", ".join(ALLOWED_HEADERS)),
             (b"access-control-max-age", str(MAX_AGE_SECONDS).encode()),
             (b"content-length", b"0"),
-        ]
-        await send({"type": "http.response.start", "status": 204, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        ], None
 
 
 def cors_headers(origin: bytes, wildcard: bool) -> list[tuple[bytes, bytes]]:
@@ -126,15 +113,3 @@ def cors_headers(origin: bytes, wildcard: bool) -> list[tuple[bytes, bytes]]:
         (b"access-control-expose-headers", EXPOSED_HEADERS),
         (b"vary", b"Origin"),
     ]
-
-
-def with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    if not extra:
-        return send
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return sending

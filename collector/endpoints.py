@@ -2,7 +2,8 @@
 
     read body → parse JSON → authenticate → split batch → validate → enrich → store → 200
 
-Only this module and `intake.read_body` see the HTTP request; every stage is a plain function.
+The front door (front.py) calls it straight from ASGI for every event POST; it sees the request
+only through `intake.Caller`, and every stage is a plain function.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from collector import auth, intake, plans, ratelimit
 from collector.enrichment import Arrival, enrich
 from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
+from collector.intake import Caller
 from collector.runtime import IntakeReport, Runtime
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
@@ -35,25 +38,27 @@ def success() -> Response:
     return Response(SUCCESS_BODY, status_code=200, media_type="application/json")
 
 
-async def collect(request: Request, kind: str) -> Response:
-    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch")."""
-    runtime: Runtime = request.app.state.runtime
-    body = await intake.read_body(request, runtime.settings.max_request_bytes)  # 413 / 415 / 400
+async def collect(runtime: Runtime, caller: Caller, receive: Receive, kind: str) -> None:
+    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch").
+    Returns when every event is durably stored (the answer is then 200 {"success": true});
+    raises CollectorError for every other answer."""
+    body = await intake.read_body(receive, caller, runtime.settings.max_request_bytes)  # 413 / 415 / 400
     payload = intake.parse_json(body)  # 400
-    return await ingest(request, runtime, payload, len(body), kind)
+    await ingest(runtime, caller, payload, len(body), kind)
 
 
-async def ingest(request: Request, runtime: Runtime, payload: dict[str, Any], body_size: int, kind: str) -> Response:
+async def collect_route(request: Request, kind: str) -> Response:
+    """The same as a Starlette route (the front door answers these paths before routing)."""
+    await collect(request.app.state.runtime, Caller.of(request.scope), request.receive, kind)
+    return success()
+
+
+async def ingest(runtime: Runtime, caller: Caller, payload: dict[str, Any], body_size: int, kind: str) -> None:
     """The pipeline after the body is parsed; pixel beacons (browser.py) enter here with their `data=`."""
     settings = runtime.settings
-    source = auth.authenticate_source(  # 401
-        request.headers.get("authorization"),
-        payload,
-        request.query_params.get("writeKey"),
-        settings.write_keys,
-    )
+    source = auth.authenticate_source(caller.authorization, payload, caller.query_write_key, settings.write_keys)  # 401
     ratelimit.enforce(runtime, source)  # 429 + Retry-After, when the source has a limit
-    messages, arrival = split(payload, kind, body_size, request, runtime)  # 400 / 413
+    messages, arrival = split(payload, kind, body_size, caller, runtime)  # 400 / 413
     valid, invalid = validate(messages, runtime, check_sizes=body_size > settings.max_event_bytes)
     planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid, messages)  # the site's plan
     kept, events, unstorable = enrich_and_encode(planned.kept, messages, arrival, source)
@@ -71,7 +76,6 @@ async def ingest(request: Request, runtime: Runtime, payload: dict[str, Any], bo
     if refused:
         runtime.count("rejected", source.id, len(refused))
         raise rejection(refused, accepted=len(events), total=len(messages))
-    return success()
 
 
 def enrich_and_encode(
@@ -106,12 +110,12 @@ def sort_invalid(invalid: list[Invalid], planned: plans.Outcome, source: Source)
 
 
 def split(
-    payload: dict[str, Any], kind: str, body_size: int, request: Request, runtime: Runtime
+    payload: dict[str, Any], kind: str, body_size: int, caller: Caller, runtime: Runtime
 ) -> tuple[list[Any], Arrival]:
     """The messages of a request, and what the server knows of its arrival."""
     settings = runtime.settings
-    ip = client_ip(request, settings.trusted_proxies)
-    user_agent = request.headers.get("user-agent")
+    ip = client_ip(caller, settings.trusted_proxies)
+    user_agent = caller.user_agent
     now = datetime.now(UTC)
     if kind != "batch":
         if body_size > settings.max_event_bytes:
@@ -286,16 +290,16 @@ async def link_profiles(
             await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, now)
 
 
-def client_ip(request: Request, trusted: tuple[Any, ...]) -> str | None:
+def client_ip(caller: Caller, trusted: tuple[Any, ...]) -> str | None:
     """The peer address; X-Forwarded-For is believed only hop by hop from trusted proxies."""
-    peer = request.client.host if request.client else None
+    peer = caller.peer
     if not trusted or peer is None:
         return peer
     current = parse_address(peer)
     if current is None or not any(current in network for network in trusted):
         return peer
     # Every X-Forwarded-For line counts: a proxy may add its own line after a forged one.
-    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+    forwarded = caller.forwarded_for
     if not forwarded:
         return peer
     for hop in reversed(forwarded.split(",")):
@@ -329,7 +333,7 @@ async def telemetry(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     series = 0
     try:
-        body = await intake.read_body(request, runtime.settings.max_request_bytes)
+        body = await intake.read_body(request.receive, Caller.of(request.scope), runtime.settings.max_request_bytes)
         payload = orjson.loads(body) if body else {}
         if isinstance(payload, dict) and isinstance(payload.get("series"), list):
             series = len(payload["series"])

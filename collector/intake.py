@@ -1,4 +1,4 @@
-"""The intake stage: HTTP body → decoded JSON → (envelope, messages).
+"""The intake stage: ASGI request → who sent it (Caller) and its body → decoded JSON → messages.
 
 Limits are measured after decompression. A body is read in chunks so a chunked upload
 without Content-Length cannot exceed the cap, and inflation stops one byte past the cap so
@@ -8,10 +8,12 @@ a gzip bomb costs at most `max_bytes` of memory.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
-from starlette.requests import Request
+from starlette.types import Receive, Scope
 
 from collector.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedEncoding
 
@@ -27,22 +29,71 @@ def too_large(limit: str, value: int, what: str) -> PayloadTooLarge:
     )
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+class ClientDisconnected(BadRequest):
+    code = "client_disconnected"
+    message = "Client disconnected"
+    more_info = "The connection closed before the whole body arrived; nothing was stored."
+
+
+@dataclass(slots=True)
+class Caller:
+    """What the pipeline needs to know of an HTTP request, read once from its ASGI scope."""
+
+    authorization: str | None
+    query_write_key: str | None  # ?writeKey=
+    peer: str | None  # the socket's address
+    user_agent: str | None
+    forwarded_for: str  # every X-Forwarded-For line, joined with commas ("" when none)
+    content_encoding: str  # lower case, "" when absent
+    content_length: str | None
+
+    @classmethod
+    def of(cls, scope: Scope, headers: dict[bytes, bytes] | None = None) -> Caller:
+        """`headers`: dict(scope["headers"]) when the caller already built it."""
+        if headers is None:
+            headers = dict(scope["headers"])
+        get = headers.get
+        authorization, user_agent = get(b"authorization"), get(b"user-agent")
+        encoding, length = get(b"content-encoding"), get(b"content-length")
+        query_key = None
+        if scope.get("query_string"):
+            query_key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
+        forwarded = ""
+        if b"x-forwarded-for" in headers:  # a dict keeps one line; every line counts
+            forwarded = ",".join(v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for")
+        client = scope.get("client")
+        return cls(
+            authorization=authorization.decode("latin-1") if authorization is not None else None,
+            query_write_key=query_key,
+            peer=client[0] if client else None,
+            user_agent=user_agent.decode("latin-1") if user_agent is not None else None,
+            forwarded_for=forwarded,
+            content_encoding=encoding.decode("latin-1").strip().lower() if encoding is not None else "",
+            content_length=length.decode("latin-1") if length is not None else None,
+        )
+
+
+async def read_body(receive: Receive, caller: Caller, max_bytes: int) -> bytes:
     """The request body, decompressed; 413 past `max_bytes`, 415 for unknown encodings."""
-    headers = request.headers
-    encoding = headers.get("content-encoding", "").strip().lower()
+    encoding = caller.content_encoding
     if encoding not in ("", "identity") and encoding not in _WBITS:
         raise UnsupportedEncoding(more_info=f"Content-Encoding {encoding!r} is not supported; use gzip or deflate.")
-    declared = headers.get("content-length")
+    declared = caller.content_length
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large("maxRequestBytes", max_bytes, "The request body")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise too_large("maxRequestBytes", max_bytes, "The request body")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding in ("", "identity"):
         return raw

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from collector.auth import require_admin
 from collector.runtime import IntakeReport, Runtime
@@ -169,33 +169,6 @@ def route_template(scope: Scope) -> str:
     for name, value in (scope.get("path_params") or {}).items():
         path = path.replace(str(value), "{" + name + "}", 1)
     return path
-
-
-class RequestTimer:
-    """Pure ASGI middleware observing each request's latency by method, route and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            elapsed = time.perf_counter() - began
-            self.metrics.request_timer(scope["method"], route_template(scope), status).observe(elapsed)
 
 
 def install(runtime: Runtime) -> Metrics:

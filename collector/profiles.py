@@ -92,7 +92,7 @@ async def _body(request: Request, runtime: Runtime, schema: str) -> dict[str, An
             "Unsupported media type",
             f"Send the body as JSON with Content-Type: application/json (got {content_type or 'none'!r}).",
         )
-    raw = await intake.read_body(request, runtime.settings.max_request_bytes)
+    raw = await intake.read_body(request.receive, intake.Caller.of(request.scope), runtime.settings.max_request_bytes)
     if not raw.strip():
         return {}
     try:

@@ -1,0 +1,189 @@
+"""The front door: every HTTP request enters here, once, before anything else sees it.
+
+    request id → CORS (preflight / 403 / headers) → event POST? collect() : Starlette routes
+               → answer with X-Request-Id + CORS headers → latency metric (+ access log line)
+
+Event POSTs (/v1/t, /v1/batch, …) are the traffic a collector lives on, so they go straight
+from ASGI to `endpoints.collect()`: no router, Request or middleware stack, one dict of the
+headers built once. Every other path goes through the Starlette app. The two share this one
+place for what every answer needs, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from collector import endpoints
+from collector.cors import CorsPolicy
+from collector.errors import CollectorError, MethodNotAllowed, NotFound, StorageUnavailable
+from collector.ids import unique_hex
+from collector.intake import Caller
+from collector.metrics import Metrics, route_template
+from collector.runtime import Runtime
+
+log = logging.getLogger("collector")
+access_log = logging.getLogger("collector.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+JSON = (b"content-type", b"application/json")
+SUCCESS_HEADERS = [JSON, (b"content-length", str(len(endpoints.SUCCESS_BODY)).encode())]
+
+
+class FrontDoor:
+    """The ASGI app the server runs (create_app() returns one)."""
+
+    def __init__(self, routed: Starlette, runtime: Runtime, metrics: Metrics, event_paths: dict[str, str]) -> None:
+        self.routed = routed
+        self.state = routed.state  # app.state.runtime, as for a Starlette app
+        self.runtime = runtime
+        self.metrics = metrics
+        self.event_paths = event_paths  # path → call type, or "batch"
+        self.cors = CorsPolicy(runtime.settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.routed(scope, receive, send)
+            return
+        began = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id")
+        if request_id is None or not REQUEST_ID.match(request_id.decode("latin-1")):
+            request_id = unique_hex()[-24:].encode()
+        scope["request_id"] = request_id.decode("latin-1")
+        extra = [(b"x-request-id", request_id)]
+
+        origin = headers.get(b"origin")
+        refusal = None
+        if origin is not None:  # a browser's CORS request
+            if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+                cors, refusal = self.cors.preflight(origin)
+                status = 403 if refusal else 204
+                await self.answer(send, status, b"" if refusal is None else None, cors + extra, refusal)
+                self.observe(scope, "OPTIONS", status, began)
+                return
+            cors, refusal = self.cors.answer_headers(origin, scope, headers)
+            extra += cors
+
+        kind = self.event_paths.get(scope["path"]) if scope["method"] == "POST" else None
+        if refusal is not None:
+            status = await self.answer(send, refusal.status, None, extra, refusal)
+        elif kind is not None:
+            status = await self.collect(scope, receive, send, headers, kind, extra)
+        else:
+            status = await self.route(scope, receive, send, extra)
+        self.observe(scope, scope["path"] if kind is not None else None, status, began)
+
+    async def collect(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], kind: str, extra: list[Any]
+    ) -> int:
+        try:
+            await endpoints.collect(self.runtime, Caller.of(scope, headers), receive, kind)
+        except CollectorError as exc:
+            return await self.answer(send, exc.status, None, extra, exc)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": scope["request_id"], "path": scope["path"]})
+            return await self.answer(send, 500, None, extra, CollectorError())
+        await send({"type": "http.response.start", "status": 200, "headers": SUCCESS_HEADERS + extra})
+        await send({"type": "http.response.body", "body": endpoints.SUCCESS_BODY})
+        return 200
+
+    async def route(self, scope: Scope, receive: Receive, send: Send, extra: list[Any]) -> int:
+        started = False
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        try:
+            await self.routed(scope, receive, sending)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": scope["request_id"], "path": scope.get("path")})
+            if not started:  # (Starlette's ServerErrorMiddleware normally answered already, via on_unhandled)
+                await self.answer(send, 500, None, extra, CollectorError())
+        return status
+
+    async def answer(
+        self, send: Send, status: int, body: bytes | None, headers: list[Any], error: CollectorError | None
+    ) -> int:
+        """Sends an answer: `body` as it is, or the error's JSON shape (with its own headers)."""
+        if error is not None:
+            if error.status >= 500:
+                log.warning("%s: %s", error.code, error.more_info)
+            status, body, own = error.encoded(self.error_headers(error))
+            headers = [JSON, *own, *headers]
+        assert body is not None
+        if status != 204:
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    def error_headers(self, error: CollectorError) -> dict[str, str] | None:
+        if isinstance(error, StorageUnavailable):
+            return {"Retry-After": str(self.runtime.settings.retry_after_seconds)}
+        return None
+
+    def observe(self, scope: Scope, route: str | None, status: int, began: float) -> None:
+        elapsed = time.perf_counter() - began
+        method = scope["method"]
+        self.metrics.request_timer(method, route or route_template(scope), status).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):  # off by default: no per-request cost
+            path = scope["path"]
+            access_log.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "request_id": scope["request_id"],
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+
+# --- how the Starlette part answers what its routes raise ---------------------------------------
+
+
+async def on_collector_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CollectorError)
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.code, exc.more_info, extra={"request_id": request.scope.get("request_id")})
+    if isinstance(exc, StorageUnavailable):
+        runtime: Runtime = request.app.state.runtime
+        return exc.response({"Retry-After": str(runtime.settings.retry_after_seconds)})
+    return exc.response()
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return NotFound("Not found", f"No endpoint at {request.url.path}.").response()
+    if exc.status_code == 405:
+        return MethodNotAllowed(more_info=f"{request.method} is not accepted on {request.url.path}.").response(
+            dict(exc.headers or {})
+        )
+    error = CollectorError(str(exc.detail), str(exc.detail))
+    error.status = exc.status_code
+    error.code = "http_error"
+    return error.response()
+
+
+async def on_unhandled(request: Request, exc: Exception) -> Response:
+    """The JSON 500 (Starlette then re-raises, and FrontDoor.route logs it with the request id)."""
+    return CollectorError().response()

@@ -1,0 +1,214 @@
+"""CPU cost per request of the collector's own code, without HTTP parsing or a load generator.
+
+    python loadtests/inprocess.py                   # single events and batches of 100: µs of CPU each
+    python loadtests/inprocess.py --kind batch --profile 25   # and the 25 costliest functions (cProfile)
+
+The ASGI app is driven directly, `--concurrency` requests in flight at a time, against a real
+SQLite file with durable (FULL) commits, so the figures include the writer thread and group
+commit, and the same is done for a bare Starlette route for scale. CPU time is the process's
+(every thread), measured with time.process_time(). Like benchmark.py it prints and asserts nothing;
+unlike it, it is repeatable to a few percent on a busy machine, so it is the tool for telling
+whether a change to the hot path helped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import benchmark  # noqa: E402  (the loadtests directory is not a package)
+import payloads  # noqa: E402
+
+SORT = "tottime"
+ASGI = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def scope_for(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+        "client": ("203.0.113.7", 50123),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def call(app: ASGI, scope: dict[str, Any], body: bytes) -> int:
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)  # a disconnect that never comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(dict(scope), receive, send)
+    return status
+
+
+async def drive(app: ASGI, requests: list[tuple[dict[str, Any], bytes]], concurrency: int) -> list[int]:
+    """Each of `concurrency` workers sends its share of the requests one after another."""
+    statuses: list[int] = []
+
+    async def worker(share: list[tuple[dict[str, Any], bytes]]) -> None:
+        for scope, body in share:
+            statuses.append(await call(app, scope, body))
+
+    await asyncio.gather(*(worker(requests[i::concurrency]) for i in range(concurrency)))
+    return statuses
+
+
+async def lifespan(app: ASGI) -> tuple[asyncio.Task[None], asyncio.Queue[dict[str, Any]]]:
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"start-up failed: {started}")
+    return task, inbox
+
+
+def collector_app(workdir: Path) -> ASGI:
+    from collector.app import create_app
+    from collector.settings import load
+
+    config = workdir / "collector.yaml"
+    benchmark.write_config(config)
+    settings = load(config, environ={"COLLECTOR_STORAGE": f"sqlite:///{workdir / 'events.db'}"})
+    return create_app(settings)
+
+
+def bare_app() -> ASGI:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def collect(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"success":true}', media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/t", collect, methods=["POST"]), Route("/v1/batch", collect, methods=["POST"])])
+
+
+def bodies(kind: str, count: int) -> list[tuple[str, dict[str, str], bytes]]:
+    head, tail = payloads.track_event_template(benchmark.WRITE_KEY).split(payloads.MESSAGE_ID_SLOT)
+    prefix = secrets.token_hex(4)
+    if kind == "single":
+        headers = payloads.browser_headers(benchmark.WRITE_KEY)
+        return [("/v1/t", headers, f"{head}{prefix}-{n}{tail}".encode()) for n in range(count)]
+    headers = payloads.node_headers(benchmark.WRITE_KEY)
+    envelope_tail = '],"writeKey":"' + benchmark.WRITE_KEY + '","sentAt":"' + payloads.iso_ms() + '"}'
+    out = []
+    for n in range(count):
+        items = ",".join(f"{head}{prefix}-{n}-{i}{tail}" for i in range(benchmark.BATCH_SIZE))
+        out.append(("/v1/batch", headers, ('{"batch":[' + items + envelope_tail).encode()))
+    return out
+
+
+async def measure(name: str, app: ASGI, kind: str, count: int, concurrency: int, profile: int) -> dict[str, Any]:
+    task, inbox = await lifespan(app)
+    try:
+        warm = [(scope_for(p, h), b) for p, h, b in bodies(kind, max(count // 10, concurrency))]
+        await drive(app, warm, concurrency)
+        requests = [(scope_for(p, h), b) for p, h, b in bodies(kind, count)]
+        profiler = cProfile.Profile() if profile else None
+        began, cpu_began = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        statuses = await drive(app, requests, concurrency)
+        if profiler:
+            profiler.disable()
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await task
+    events = count * (benchmark.BATCH_SIZE if kind == "batch" else 1)
+    failed = sum(1 for s in statuses if s != 200)
+    row = {
+        "name": name,
+        "kind": kind,
+        "requests": count,
+        "failed": failed,
+        "cpu_us_per_request": cpu / count * 1e6,
+        "cpu_us_per_event": cpu / events * 1e6,
+        "events_per_cpu_second": events / cpu if cpu else 0.0,
+        "wall_requests_per_second": count / wall,
+    }
+    if profiler:
+        print(f"--- {name} {kind}: the {profile} costliest functions by own time")
+        pstats.Stats(profiler).sort_stats(SORT).print_stats(profile)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=["single", "batch", "both"], default="both")
+    parser.add_argument("--requests", type=int, default=0, help="per measurement (default 4000 single, 200 batch)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()  # what uvicorn runs on
+    except ImportError:
+        pass
+    kinds = ["single", "batch"] if args.kind == "both" else [args.kind]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="collector-inprocess-") as tmp:
+        for kind in kinds:
+            count = args.requests or (4000 if kind == "single" else 200)
+            rows.append(asyncio.run(measure("bare", bare_app(), kind, count, args.concurrency, 0)))
+            rows.append(
+                asyncio.run(measure("collector", collector_app(Path(tmp)), kind, count, args.concurrency, args.profile))
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'app':10} {'kind':7} {'requests':>8} {'failed':>6} {'CPU µs/req':>11} {'CPU µs/event':>13} {'events/CPU-s':>13}"
+    )
+    for row in rows:
+        print(
+            f"{row['name']:10} {row['kind']:7} {row['requests']:8d} {row['failed']:6d} {row['cpu_us_per_request']:11.1f}"
+            f" {row['cpu_us_per_event']:13.1f} {row['events_per_cpu_second']:13,.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
