@@ -96,11 +96,75 @@ _INSERT_QUARANTINE = (
 
 @functools.lru_cache(maxsize=256)
 def _insert_events_sql(rows: int) -> str:
-    # One multi-row INSERT … RETURNING tells which rows were new (executemany cannot).
-    return _INSERT_EVENTS + ",".join([_EVENT_ROW] * rows) + " RETURNING message_id"
+    return _INSERT_EVENTS + ",".join([_EVENT_ROW] * rows)
 
 
 Operation = Callable[[sqlite3.Connection], Any]
+EventRow = tuple[str, str, str, str, str | None, str | None, str | None, str, str, bytes]
+
+
+class EventWrite:
+    """One request's events (and quarantined messages), as an operation for the writer thread.
+    The writer runs every EventWrite of a group commit as one INSERT (run_together)."""
+
+    def __init__(self, rows: list[EventRow], quarantined: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.quarantined = quarantined
+
+    def __call__(self, conn: sqlite3.Connection) -> WriteResult:
+        return EventWrite.run_together(conn, [self])[0]
+
+    @staticmethod
+    def run_together(conn: sqlite3.Connection, writes: list[EventWrite]) -> list[WriteResult]:
+        rows = writes[0].rows if len(writes) == 1 else [row for write in writes for row in write.rows]
+        new = _insert_events(conn, rows)
+        results = []
+        for write in writes:
+            if new is None:  # the usual case: nothing was a duplicate
+                stored = [row[2] for row in write.rows]
+            else:  # the first copy of a (workspace, messageId) in the group is the one stored
+                stored = []
+                for row in write.rows:
+                    if (row[0], row[2]) in new:
+                        new.discard((row[0], row[2]))
+                        stored.append(row[2])
+            kept_aside = 0
+            if write.quarantined:
+                before = conn.total_changes
+                conn.executemany(_INSERT_QUARANTINE, write.quarantined)  # a re-sent invalid message is kept once
+                kept_aside = conn.total_changes - before
+            results.append(
+                WriteResult(
+                    stored=len(stored),
+                    duplicates=len(write.rows) - len(stored),
+                    quarantined=kept_aside,
+                    inserted_ids=frozenset(stored),
+                )
+            )
+        return results
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[EventRow]) -> set[tuple[str, str]] | None:
+    """Inserts what is new; None when every row was, else the (workspace, messageId) keys inserted.
+    No RETURNING (it costs about a quarter of the insert): the change count tells whether all rows
+    were new, and new rows take consecutive positions, so only a partial insert is looked up."""
+    new: set[tuple[str, str]] | None = None
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        before = conn.total_changes
+        cursor = conn.execute(_insert_events_sql(len(chunk)), [value for row in chunk for value in row])
+        added = conn.total_changes - before
+        if added == len(chunk) and new is None:
+            continue
+        if new is None:  # earlier chunks were wholly new
+            new = {(row[0], row[2]) for row in rows[:start]}
+        if added == len(chunk):
+            new.update((row[0], row[2]) for row in chunk)
+        elif added:
+            first = cursor.lastrowid - added  # type: ignore[operator]
+            found = conn.execute("SELECT workspace_id, message_id FROM events WHERE position > ?", (first,))
+            new.update(found.fetchall())
+    return new
 
 
 def path_from_url(url: str) -> str:
@@ -243,7 +307,12 @@ class SQLiteStorage:
     def _transaction(self, conn: sqlite3.Connection, operations: list[Operation]) -> list[Any]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [operation(conn) for operation in operations]
+            writes = [op for op in operations if isinstance(op, EventWrite)]
+            if len(writes) > 1:  # every request's events in one INSERT: statements cost more than rows
+                written = dict(zip(map(id, writes), EventWrite.run_together(conn, writes), strict=True))
+                results = [written[id(op)] if isinstance(op, EventWrite) else op(conn) for op in operations]
+            else:
+                results = [operation(conn) for operation in operations]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -270,26 +339,7 @@ class SQLiteStorage:
             for e in events
         ]
         bad = [(q.workspace_id, q.source_id, q.message_id, q.received_at, q.body, q.errors) for q in quarantined or ()]
-
-        def insert(conn: sqlite3.Connection) -> WriteResult:
-            inserted: list[str] = []
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[start : start + ROWS_PER_STATEMENT]
-                params = [value for row in chunk for value in row]
-                inserted += [r[0] for r in conn.execute(_insert_events_sql(len(chunk)), params).fetchall()]
-            kept_aside = 0
-            if bad:
-                before = conn.total_changes
-                conn.executemany(_INSERT_QUARANTINE, bad)  # a re-sent invalid message is kept once
-                kept_aside = conn.total_changes - before
-            return WriteResult(
-                stored=len(inserted),
-                duplicates=len(rows) - len(inserted),
-                quarantined=kept_aside,
-                inserted_ids=frozenset(inserted),
-            )
-
-        return await self._submit(insert)
+        return await self._submit(EventWrite(rows, bad))
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:
