@@ -29,7 +29,7 @@ STREAM_SECONDS = 10.0
 KEEPALIVE_SECONDS = 5.0
 RING_SIZE = 500  # entries kept for reconnecting streams
 QUEUE_SIZE = 1000  # per subscriber; a subscriber that falls further behind misses entries
-Entry = tuple[int, str, bytes]  # (id, source id, JSON)
+Entry = tuple[int, str, tuple[bytes, ...]]  # (id, source id, JSON in parts, joined only if someone reads it)
 
 
 class DebugHub:
@@ -40,9 +40,9 @@ class DebugHub:
         self.last_id = 0
         self.subscribers: set[asyncio.Queue[Entry]] = set()
 
-    def publish(self, source_id: str, entry: bytes) -> None:
+    def publish(self, source_id: str, *parts: bytes) -> None:
         self.last_id += 1
-        item = (self.last_id, source_id, entry)
+        item = (self.last_id, source_id, parts)
         self.recent.append(item)
         for queue in self.subscribers:
             try:
@@ -54,10 +54,11 @@ class DebugHub:
         """Runtime listener: one entry per valid event (as stored) and per invalid message."""
         source = report.source
         head = {"sourceId": source.id, "sourceName": source.name, "workspaceId": source.workspace_id}
-        for event in report.events:
-            meta = orjson.dumps({"kind": "event", **head})
-            # The stored body is already JSON: splice it in instead of re-encoding it.
-            self.publish(source.id, meta[:-1] + b',"message":' + event.body + b"}")
+        if report.events:
+            # The stored body is already JSON: spliced in (when read) instead of re-encoded.
+            prefix = orjson.dumps({"kind": "event", **head})[:-1] + b',"message":'
+            for event in report.events:
+                self.publish(source.id, prefix, event.body, b"}")
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
                 entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": message}
@@ -89,7 +90,7 @@ def require_admin_token(request: Request, runtime: Runtime) -> None:
 
 
 def frame(item: Entry) -> bytes:
-    return b"id: %d\nevent: arrival\ndata: %s\n\n" % (item[0], item[2])
+    return b"id: %d\nevent: arrival\ndata: %s\n\n" % (item[0], b"".join(item[2]))
 
 
 async def stream(request: Request) -> Response:

@@ -9,7 +9,6 @@ Timestamps (see README "Timestamps"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,29 +17,29 @@ from collector.ids import unique_hex
 _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 
 
-@dataclass(frozen=True, slots=True)
 class Arrival:
     """What the server knows about the request, the same for every message in it."""
 
-    received_at: datetime
-    ip: str | None
-    user_agent: str | None
-    envelope_sent_at: Any = None  # the batch's sentAt, for items without their own
+    __slots__ = ("received_at", "ip", "user_agent", "envelope_sent_at", "received_at_text")
 
-    received_at_text: str = field(init=False)  # formatted once per request
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "received_at_text", format_time(self.received_at))
+    def __init__(
+        self, received_at: datetime, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None
+    ) -> None:
+        self.received_at = received_at
+        self.ip = ip
+        self.user_agent = user_agent
+        self.envelope_sent_at = envelope_sent_at  # the batch's sentAt, for items without their own
+        self.received_at_text = format_time(received_at)  # formatted once per request
 
 
 def format_time(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and Z, the form analytics.js sends."""
-    if moment.utcoffset():
+    """ISO-8601 UTC with milliseconds (truncated) and Z, the form analytics.js sends."""
+    offset = moment.utcoffset()
+    if offset is None:  # naive: taken as UTC
+        return moment.isoformat(timespec="milliseconds") + "Z"
+    if offset:
         moment = moment.astimezone(UTC)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
-        f"{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
-    )
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"; the year is padded to 4
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -8,11 +8,12 @@ anything a retry may fix; the endpoint turns that into 503 + Retry-After.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """A valid, enriched event. A tuple in the column order of the SQL backends, so it is their row."""
+
     workspace_id: str
     source_id: str
     message_id: str
@@ -25,8 +26,7 @@ class StoredEvent:
     body: bytes  # the enriched message, JSON
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantinedEvent:
+class QuarantinedEvent(NamedTuple):
     workspace_id: str
     source_id: str
     message_id: str | None

@@ -100,14 +100,14 @@ def _insert_events_sql(rows: int) -> str:
 
 
 Operation = Callable[[sqlite3.Connection], Any]
-EventRow = tuple[str, str, str, str, str | None, str | None, str | None, str, str, bytes]
+EventRow = StoredEvent  # (workspace_id, source_id, message_id, type, event, user_id, anonymous_id, …, body)
 
 
 class EventWrite:
     """One request's events (and quarantined messages), as an operation for the writer thread.
     The writer runs every EventWrite of a group commit as one INSERT (run_together)."""
 
-    def __init__(self, rows: list[EventRow], quarantined: list[tuple[Any, ...]]) -> None:
+    def __init__(self, rows: list[EventRow], quarantined: list[QuarantinedEvent]) -> None:
         self.rows = rows
         self.quarantined = quarantined
 
@@ -323,23 +323,8 @@ class SQLiteStorage:
     # --- events --------------------------------------------------------------------------------
 
     async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
-        rows = [
-            (
-                e.workspace_id,
-                e.source_id,
-                e.message_id,
-                e.type,
-                e.event,
-                e.user_id,
-                e.anonymous_id,
-                e.received_at,
-                e.timestamp,
-                e.body,
-            )
-            for e in events
-        ]
-        bad = [(q.workspace_id, q.source_id, q.message_id, q.received_at, q.body, q.errors) for q in quarantined or ()]
-        return await self._submit(EventWrite(rows, bad))
+        # StoredEvent and QuarantinedEvent are tuples in column order: they are the rows.
+        return await self._submit(EventWrite(events, list(quarantined or ())))
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:
