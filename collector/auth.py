@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from collector.errors import CollectorError, Unauthorized
 from collector.settings import Settings, Source, Workspace
 
 
+@functools.lru_cache(maxsize=1024)  # a site sends one header value on every request: decode it once
 def write_key_from_basic(authorization: str | None) -> str | None:
     if not authorization or authorization[:6].lower() != "basic ":
         return None
