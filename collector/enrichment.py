@@ -9,7 +9,8 @@ Timestamps (see README "Timestamps"):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from collector.ids import unique_hex
@@ -20,7 +21,15 @@ _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 class Arrival:
     """What the server knows about the request, the same for every message in it."""
 
-    __slots__ = ("received_at", "ip", "user_agent", "envelope_sent_at", "received_at_text")
+    __slots__ = (
+        "received_at",
+        "ip",
+        "user_agent",
+        "envelope_sent_at",
+        "received_us",
+        "envelope_sent_us",
+        "received_at_text",
+    )
 
     def __init__(
         self, received_at: datetime, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None
@@ -29,17 +38,42 @@ class Arrival:
         self.ip = ip
         self.user_agent = user_agent
         self.envelope_sent_at = envelope_sent_at  # the batch's sentAt, for items without their own
-        self.received_at_text = format_time(received_at)  # formatted once per request
+        # Parsed and formatted once per request, not once per event.
+        self.received_us = micros(received_at)
+        self.envelope_sent_us = parse_micros(envelope_sent_at)
+        self.received_at_text = format_micros(self.received_us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
+_PREFIXES: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS": events cluster in a few seconds
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def format_micros(us: int) -> str:
+    """ISO-8601 UTC with milliseconds (truncated) and Z, the form analytics.js sends. Formatting a
+    datetime costs ~2.7 us here; a cached second plus the milliseconds costs a tenth of that.
+    OverflowError outside years 1-9999."""
+    second, rest = divmod(us, 1_000_000)
+    prefix = _PREFIXES.get(second)
+    if prefix is None:
+        if not 0 <= second <= _LAST_SECOND:  # before 1970 (or past 9999: OverflowError)
+            return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="milliseconds")[:-6] + "Z"
+        if len(_PREFIXES) >= 4096:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{prefix}.{rest // 1000:03d}Z"
 
 
 def format_time(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds (truncated) and Z, the form analytics.js sends."""
-    offset = moment.utcoffset()
-    if offset is None:  # naive: taken as UTC
-        return moment.isoformat(timespec="milliseconds") + "Z"
-    if offset:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"; the year is padded to 4
+    return format_micros(micros(moment))
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -51,6 +85,11 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_micros(value: Any) -> int | None:
+    moment = parse_time(value)
+    return None if moment is None else micros(moment)
 
 
 def new_message_id() -> str:
@@ -84,29 +123,31 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
     client_time = message.get("timestamp")
     sent_at = message.get("sentAt")
     if sent_at is None and arrival.envelope_sent_at is not None:
-        sent_at = message["sentAt"] = arrival.envelope_sent_at
+        message["sentAt"] = arrival.envelope_sent_at
+        sent = arrival.envelope_sent_us
+    else:
+        sent = parse_micros(sent_at)
     message.pop("originalTimestamp", None)
     if client_time is None:
         message["timestamp"] = received_at_text
     else:
         message["originalTimestamp"] = client_time
-        original = parse_time(client_time)
-        sent = parse_time(sent_at)
+        original = parse_micros(client_time)
         if original is None:
             message["timestamp"] = received_at_text
         elif sent is None:
             message["timestamp"] = _safe_format(original, received_at_text)
         else:
             try:
-                message["timestamp"] = format_time(arrival.received_at - (sent - original))
+                message["timestamp"] = format_micros(arrival.received_us - (sent - original))
             except (OverflowError, ValueError):  # absurd dates: keep the client's own time
                 message["timestamp"] = _safe_format(original, received_at_text)
     message["receivedAt"] = received_at_text
     return message
 
 
-def _safe_format(moment: datetime, fallback: str) -> str:
+def _safe_format(moment: int, fallback: str) -> str:
     try:
-        return format_time(moment)
+        return format_micros(moment)
     except (OverflowError, ValueError):
         return fallback
