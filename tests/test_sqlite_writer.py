@@ -50,3 +50,26 @@ def test_an_all_new_group_reports_every_event(conn: sqlite3.Connection) -> None:
     assert results[2].inserted_ids == frozenset({"n2-0", "n2-1", "n2-2"})
     again = EventWrite.run_together(conn, [EventWrite([row("n0-0"), row("n1-1")], [])])
     assert (again[0].stored, again[0].duplicates, again[0].inserted_ids) == (0, 2, frozenset())
+
+
+def test_a_version_2_database_is_upgraded_with_its_events_and_dedupe_intact(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for version in (1, 2):  # the schema as releases before version 3 left it
+        old.executescript(sqlite_backend.MIGRATIONS[version])
+    old.execute("PRAGMA user_version=2")
+    old.executemany(sqlite_backend._insert_events_sql(1), [row("kept-1"), row("kept-2", WS2)])
+    old.close()
+
+    conn = SQLiteStorage(f"sqlite:///{path}")._open_and_migrate()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
+    assert indexes == {"events_message", "events_user"}  # one index on message ids, not two
+    assert conn.execute("SELECT position, workspace_id, message_id FROM events ORDER BY position").fetchall() == [
+        (1, WS, "kept-1"),
+        (2, WS2, "kept-2"),
+    ]
+    [again] = EventWrite.run_together(conn, [EventWrite([row("kept-1"), row("kept-2"), row("new")], [])])
+    assert (again.stored, again.duplicates, again.inserted_ids) == (2, 1, frozenset({"kept-2", "new"}))
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM events WHERE message_id = 'x'"))
+    assert "events_message" in plan  # a lookup by messageId alone still uses an index
