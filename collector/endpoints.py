@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,14 +66,18 @@ async def ingest(runtime: Runtime, caller: Caller, payload: dict[str, Any], body
     held, refused = sort_invalid(invalid + unstorable, planned, source)  # to quarantine / answered 400
 
     quarantined = quarantine(held, source, arrival.received_at_text)
+    began = time.perf_counter()
     result = await runtime.storage.write(events, quarantined)  # 503 on failure, never 200
-    await link_profiles(runtime, source, kept, result.inserted_ids, arrival.received_at_text)
+    write_seconds = time.perf_counter() - began
+    if runtime.profiles is not None:
+        for user_id, traits in profile_updates(kept, result.inserted_ids):
+            await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, arrival.received_at_text)
 
     runtime.count("accepted", source.id, result.stored)
     runtime.count("duplicate", source.id, result.duplicates)
     runtime.count("quarantined", source.id, result.quarantined)
     runtime.count("plan_violations", source.id, planned.violations)
-    runtime.notify(IntakeReport(source, events, held, refused, result))  # metrics, debugger
+    runtime.notify(IntakeReport(source, events, held, refused, result, write_seconds))  # metrics, debugger
     if refused:
         runtime.count("rejected", source.id, len(refused))
         raise rejection(refused, accepted=len(events), total=len(messages))
@@ -275,19 +280,17 @@ def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: in
     )
 
 
-async def link_profiles(
-    runtime: Runtime, source: Source, kept: list[dict[str, Any]], inserted: frozenset[str] | None, now: str
-) -> None:
-    """An identify whose userId is a profile (usr_…) of this workspace merges its traits into it,
-    once: a re-sent identify (a duplicate) does not overwrite newer traits."""
-    if runtime.profiles is None:
-        return
+def profile_updates(kept: list[dict[str, Any]], inserted: frozenset[str] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(userId, traits) of each identify whose userId is a profile (usr_…): its traits merge into
+    that profile, once: a re-sent identify (a duplicate) does not overwrite newer traits."""
+    updates = []
     for message in kept:
         if message["type"] != "identify" or (inserted is not None and message["messageId"] not in inserted):
             continue
         user_id, traits = message.get("userId"), message.get("traits")
         if isinstance(user_id, str) and USER_ID.match(user_id) and isinstance(traits, dict) and traits:
-            await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, now)
+            updates.append((user_id, traits))
+    return updates
 
 
 def client_ip(caller: Caller, trusted: tuple[Any, ...]) -> str | None:

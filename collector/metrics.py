@@ -15,7 +15,6 @@ each worker answers for itself.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
@@ -33,7 +32,6 @@ from starlette.types import Scope
 
 from collector.auth import require_admin
 from collector.runtime import IntakeReport, Runtime
-from collector.storage.base import EventPage, EventQuery, QuarantinedEvent, Storage, StoredEvent, WriteResult
 
 EVENT_TYPES = frozenset(("track", "identify", "page", "screen", "group", "alias"))
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
@@ -139,6 +137,8 @@ class Metrics(Collector):
         """Runtime listener: count one request's events by outcome and type."""
         source = report.source.id
         events = report.events
+        self.write_seconds.observe(report.write_seconds)
+        self.write_events.observe(len(events) + len(report.quarantined))
         if len(events) == 1:
             by_type = {events[0].type: 1}
         else:
@@ -190,39 +190,6 @@ class RuntimeCounters(Collector):
         yield from (requests, series, limited, violations)
 
 
-class MeasuredStorage:
-    """The event storage, timed: every write's latency and size go to the metrics."""
-
-    def __init__(self, inner: Storage, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
-
-    async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
-        began = time.perf_counter()
-        result = await self.inner.write(events, quarantined)
-        self.metrics.write_seconds.observe(time.perf_counter() - began)
-        self.metrics.write_events.observe(len(events) + len(quarantined or ()))
-        return result
-
-    async def read_events(self, query: EventQuery) -> EventPage:
-        return await self.inner.read_events(query)
-
-    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
-        return await self.inner.read_quarantine(workspace_id, after, limit)
-
-    def __getattr__(self, name: str) -> Any:  # backend-specific extras (tests, tools)
-        return getattr(self.inner, name)
-
-
 def route_template(scope: Scope) -> str:
     """The matched path with its parameters put back as `{name}` (bounded label values)."""
     if "endpoint" not in scope:
@@ -236,7 +203,6 @@ def route_template(scope: Scope) -> str:
 def install(runtime: Runtime) -> Metrics:
     """Time storage writes, count intake, export runtime counters; returns the app's Metrics."""
     metrics = Metrics()
-    runtime.storage = MeasuredStorage(runtime.storage, metrics)
     runtime.listeners.append(metrics.on_intake)
     metrics.registry.register(RuntimeCounters(runtime))
     runtime.extras["metrics"] = metrics

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from collector.plans import Plan, PlanRegistry
 from collector.settings import Settings, Source
@@ -14,8 +14,7 @@ from collector.storage.base import ProfileStore, Storage, StoredEvent, WriteResu
 from collector.validation import Validators
 
 
-@dataclass(frozen=True)
-class IntakeReport:
+class IntakeReport(NamedTuple):
     """What one event request brought, once storage has answered (for metrics and the live debugger)."""
 
     source: Source
@@ -23,6 +22,7 @@ class IntakeReport:
     quarantined: list[tuple[int, Any, list[dict[str, Any]]]]  # (index, message, errors), kept aside
     rejected: list[tuple[int, Any, list[dict[str, Any]]]]  # (index, message, errors), answered 400
     result: WriteResult
+    write_seconds: float  # from handing the events to storage until they were durable
 
 
 @dataclass

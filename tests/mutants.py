@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
-import dataclasses
 import os
 import socket
 import threading
@@ -182,9 +181,7 @@ def rewrite_bodies(events: list[StoredEvent], change: Callable[[dict[str, Any]],
     for event in events:
         body = orjson.loads(event.body)
         change(body)
-        rewritten.append(
-            dataclasses.replace(event, body=orjson.dumps(body), received_at=body.get("receivedAt", event.received_at))
-        )
+        rewritten.append(event._replace(body=orjson.dumps(body), received_at=body.get("receivedAt", event.received_at)))
     return rewritten
 
 
@@ -225,7 +222,7 @@ class NoDedupeStore(StoreProxy):
             key = (event.workspace_id, event.message_id)
             query = EventQuery(workspace_id=event.workspace_id, message_id=event.message_id, limit=1)
             if key in seen or (await self.inner.read_events(query)).items:
-                event = dataclasses.replace(event, message_id=f"{event.message_id}~dup{os.urandom(4).hex()}")
+                event = event._replace(message_id=f"{event.message_id}~dup{os.urandom(4).hex()}")
             seen.add(key)
             kept.append(event)
         return await self.inner.write(kept, quarantined)

@@ -125,7 +125,7 @@ def test_unhandled_errors_still_carry_cors_headers(cors_client: TestClient) -> N
         raise RuntimeError("disk on fire")
 
     runtime = cors_client.app.state.runtime  # type: ignore[attr-defined]
-    runtime.storage.inner.write = broken
+    runtime.storage.write = broken
     body = orjson.dumps({"type": "track", "event": "X", "anonymousId": "a4"})
     answer = cors_client.post("/v1/t", content=body, headers={"Origin": PAGE, **basic(WRITE_KEY)})
     assert answer.status_code == 500

@@ -35,8 +35,7 @@ class QuarantinedEvent(NamedTuple):
     errors: bytes  # JSON list of {pointer, keyword, message}
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     stored: int  # new events
     duplicates: int  # events whose (workspace, messageId) was already stored
     quarantined: int = 0
