@@ -117,6 +117,23 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
     assert summary["peak_rss_mb"]["collector"] > 0
 
 
+def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "inprocess.py"), "--requests", "40", "--rounds", "1", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(done.stdout)
+    assert {(row["name"], row["kind"]) for row in rows} == {
+        (name, kind) for name in ("bare", "collector") for kind in ("single", "batch")
+    }
+    for row in rows:
+        assert row["failed"] == 0 and row["cpu_us_per_request"] > 0, row
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_ten_minutes_flat_memory_zero_failures(tmp_path: Path) -> None:
