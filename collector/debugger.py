@@ -41,14 +41,19 @@ class DebugHub:
         self.subscribers: set[asyncio.Queue[Entry]] = set()
 
     def publish(self, source_id: str, *parts: bytes) -> None:
-        self.last_id += 1
-        item = (self.last_id, source_id, parts)
-        self.recent.append(item)
+        self.publish_all(source_id, [parts])
+
+    def publish_all(self, source_id: str, entries: list[tuple[bytes, ...]]) -> None:
+        first = self.last_id + 1
+        self.last_id += len(entries)
+        items = [(first + offset, source_id, parts) for offset, parts in enumerate(entries)]
+        self.recent.extend(items)
         for queue in self.subscribers:
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
-                pass  # a stalled page must not slow ingestion down
+            for item in items:
+                try:
+                    queue.put_nowait(item)
+                except asyncio.QueueFull:
+                    break  # a stalled page must not slow ingestion down
 
     def on_intake(self, report: IntakeReport) -> None:
         """Runtime listener: one entry per valid event (as stored) and per invalid message."""
@@ -57,8 +62,7 @@ class DebugHub:
         if report.events:
             # The stored body is already JSON: spliced in (when read) instead of re-encoded.
             prefix = orjson.dumps({"kind": "event", **head})[:-1] + b',"message":'
-            for event in report.events:
-                self.publish(source.id, prefix, event.body, b"}")
+            self.publish_all(source.id, [(prefix, event.body, b"}") for event in report.events])
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
                 entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": message}

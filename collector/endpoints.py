@@ -12,7 +12,6 @@ import ipaddress
 import json
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from collector import auth, intake, plans, ratelimit
-from collector.enrichment import Arrival, enrich
+from collector.enrichment import Arrival, enrich, now_micros
 from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
 from collector.intake import Caller
 from collector.runtime import IntakeReport, Runtime
@@ -121,7 +120,7 @@ def split(
     settings = runtime.settings
     ip = client_ip(caller, settings.trusted_proxies)
     user_agent = caller.user_agent
-    now = datetime.now(UTC)
+    now = now_micros()
     if kind != "batch":
         if body_size > settings.max_event_bytes:
             raise intake.too_large("maxEventBytes", settings.max_event_bytes, "The event")

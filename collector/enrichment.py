@@ -21,27 +21,20 @@ _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 class Arrival:
     """What the server knows about the request, the same for every message in it."""
 
-    __slots__ = (
-        "received_at",
-        "ip",
-        "user_agent",
-        "envelope_sent_at",
-        "received_us",
-        "envelope_sent_us",
-        "received_at_text",
-    )
+    __slots__ = ("received_us", "ip", "user_agent", "envelope_sent_at", "envelope_sent_us", "received_at_text")
 
-    def __init__(
-        self, received_at: datetime, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None
-    ) -> None:
-        self.received_at = received_at
+    def __init__(self, received_us: int, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None) -> None:
+        self.received_us = received_us  # microseconds since the Unix epoch
         self.ip = ip
         self.user_agent = user_agent
         self.envelope_sent_at = envelope_sent_at  # the batch's sentAt, for items without their own
         # Parsed and formatted once per request, not once per event.
-        self.received_us = micros(received_at)
         self.envelope_sent_us = parse_micros(envelope_sent_at)
-        self.received_at_text = format_micros(self.received_us)
+        self.received_at_text = format_micros(received_us)
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -81,20 +81,25 @@ async def read_body(receive: Receive, caller: Caller, max_bytes: int) -> bytes:
     declared = caller.content_length
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large("maxRequestBytes", max_bytes, "The request body")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large("maxRequestBytes", max_bytes, "The request body")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnected()
+    raw = message.get("body", b"")
+    if len(raw) > max_bytes:
+        raise too_large("maxRequestBytes", max_bytes, "The request body")
+    if message.get("more_body", False):  # several chunks: count as they come, stop at the cap
+        chunks = [raw]
+        size = len(raw)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large("maxRequestBytes", max_bytes, "The request body")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
     if encoding in ("", "identity"):
         return raw
     return inflate(raw, encoding, max_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from pathlib import Path
@@ -11,6 +12,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from collector.errors import PayloadTooLarge
+from collector.intake import Caller, ClientDisconnected, read_body
 from conftest import WRITE_KEY, basic, make_client, stored
 
 OK = {"event": "A", "userId": "u"}
@@ -341,3 +344,27 @@ def test_unknown_path_and_wrong_method_are_json_errors(shared_client: TestClient
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     wrong = shared_client.put("/v1/track", content=b"{}")  # GET is the pixel beacon
     assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+
+
+def test_body_read_joins_chunks_caps_them_and_notices_a_disconnect() -> None:
+    caller = Caller.of({"type": "http", "headers": [], "query_string": b"", "client": None})
+
+    def receiving(*messages: dict[str, Any]) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+
+        return receive
+
+    chunked = receiving(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b"1}", "more_body": False},
+    )
+    assert asyncio.run(read_body(chunked, caller, 100)) == b'{"a":1}'
+    too_big = receiving(*({"type": "http.request", "body": b"x" * 60, "more_body": True} for _ in range(3)))
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(read_body(too_big, caller, 100))
+    gone = receiving({"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"})
+    with pytest.raises(ClientDisconnected):
+        asyncio.run(read_body(gone, caller, 100))

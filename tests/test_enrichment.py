@@ -9,14 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.enrichment import Arrival, enrich, format_time
+from collector.enrichment import Arrival, enrich, format_time, micros
 from conftest import WRITE_KEY, basic, make_client, stored
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, 0, 500_000, tzinfo=UTC)
 
 
 def enriched(message: dict[str, Any], **arrival: Any) -> dict[str, Any]:
-    context = Arrival(received_at=RECEIVED, ip="198.51.100.1", user_agent=None, **arrival)
+    context = Arrival(received_us=micros(RECEIVED), ip="198.51.100.1", user_agent=None, **arrival)
     return enrich(dict(message), context, format_time(RECEIVED))
 
 
