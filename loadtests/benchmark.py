@@ -271,8 +271,8 @@ def create_users(port: int, count: int) -> list[str]:
 # --- the scenarios ----------------------------------------------------------------------------
 
 
-def event_parts() -> tuple[str, str]:
-    head, tail = payloads.track_event_template(WRITE_KEY).split(payloads.MESSAGE_ID_SLOT)
+def event_parts(sent_at: bool = True) -> tuple[str, str]:
+    head, tail = payloads.track_event_template(WRITE_KEY, sent_at=sent_at).split(payloads.MESSAGE_ID_SLOT)
     return head, tail
 
 
@@ -289,7 +289,7 @@ def planned_spec(port: int, prefix: str, connections: int, duration: float) -> L
 
 
 def batch_spec(port: int, prefix: str, connections: int, duration: float) -> LoadSpec:
-    head, tail = event_parts()
+    head, tail = event_parts(sent_at=False)  # batching delivery: sentAt on the envelope only
     headers = payloads.node_headers(WRITE_KEY)
     spec = LoadSpec(port, "/v1/batch", headers, "batch", head, tail, prefix, connections, duration)
     spec.batch_head = '{"batch":['

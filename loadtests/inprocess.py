@@ -124,7 +124,8 @@ def bare_app() -> ASGI:
 
 
 def bodies(kind: str, count: int) -> list[tuple[str, dict[str, str], bytes]]:
-    head, tail = payloads.track_event_template(benchmark.WRITE_KEY).split(payloads.MESSAGE_ID_SLOT)
+    sent_at = kind == "single"  # batch items carry no sentAt of their own: the envelope has it
+    head, tail = payloads.track_event_template(benchmark.WRITE_KEY, sent_at=sent_at).split(payloads.MESSAGE_ID_SLOT)
     prefix = secrets.token_hex(4)
     if kind == "single":
         headers = payloads.browser_headers(benchmark.WRITE_KEY)

@@ -314,11 +314,14 @@ MESSAGE_ID_SLOT = "@@MID@@"
 
 
 def track_event_template(
-    write_key: str, event: str = "Course Clicked", properties: dict[str, Any] | None = None
+    write_key: str, event: str = "Course Clicked", properties: dict[str, Any] | None = None, sent_at: bool = True
 ) -> str:
     """A ~1 KB analytics-next track event whose messageId is MESSAGE_ID_SLOT, for string splicing
-    by a load generator that cannot run Python per request (wrk's Lua)."""
-    message = browser_track("8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key, event, properties)
+    by a load generator that cannot run Python per request (wrk's Lua). `sent_at=False`: the item
+    of a batching-delivery batch, whose sentAt is on the envelope."""
+    message = browser_track(
+        "8f27e314-49a0-49bc-9d12-05cf7f9f5ead", "AiUGstSDIg", write_key, event, properties, sent_at=sent_at
+    )
     message["messageId"] = MESSAGE_ID_SLOT
     return orjson.dumps(message).decode()
 
