@@ -177,6 +177,7 @@ def validate(
 ) -> tuple[list[dict[str, Any]], list[tuple[int, Any, list[dict[str, Any]]]]]:
     """Valid messages, and (index, message, errors) for the invalid ones."""
     validators = runtime.validators
+    by_type = validators.by_type
     max_bytes = runtime.settings.max_event_bytes
     valid, invalid = [], []
     for index, message in enumerate(messages):
@@ -200,28 +201,30 @@ def validate(
                 )
             )
             continue
-        errors = validators.errors(message)
-        if errors is None:
+        kind = message.get("type")
+        validator = by_type.get(kind) if type(kind) is str else None  # a sent type may be any JSON
+        if validator is not None and validator.is_valid(message):  # the usual case, without a call more
             valid.append(message)
         else:
-            invalid.append((index, message, errors))
+            invalid.append((index, message, validators.errors(message) or []))
     return valid, invalid
 
 
 def stored_event(message: dict[str, Any], source: Source) -> StoredEvent:
     kind = message["type"]
-    name = message.get("event") if kind == "track" else message.get("name")
-    return StoredEvent(
-        workspace_id=source.workspace_id,
-        source_id=source.id,
-        message_id=message["messageId"],
-        type=kind,
-        event=name if isinstance(name, str) else None,
-        user_id=message.get("userId"),
-        anonymous_id=message.get("anonymousId"),
-        received_at=message["receivedAt"],
-        timestamp=message["timestamp"],
-        body=orjson.dumps(message),
+    get = message.get
+    name = get("event") if kind == "track" else get("name")
+    return StoredEvent(  # positional: keyword arguments cost ~1 us per event here
+        source.workspace_id,
+        source.id,
+        message["messageId"],
+        kind,
+        name if isinstance(name, str) else None,
+        get("userId"),
+        get("anonymousId"),
+        message["receivedAt"],
+        message["timestamp"],
+        orjson.dumps(message),
     )
 
 

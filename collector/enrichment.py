@@ -93,14 +93,15 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
     """The stored form of a validated message. Mutates and returns `message`."""
     message.pop("writeKey", None)  # credentials are never stored
     for name in _ID_FIELDS:
-        if name in message:
-            value = message[name]
-            if value is None:
-                del message[name]  # python and the browser send null for "absent"
-            elif type(value) is int:
-                message[name] = str(value)
-            elif type(value) is float:  # JSON Schema's "integer" admits 1.0
-                message[name] = str(int(value))
+        value = message.get(name, "")
+        if type(value) is str:  # the usual case (or absent)
+            continue
+        if value is None:
+            del message[name]  # python and the browser send null for "absent"
+        elif type(value) is int:
+            message[name] = str(value)
+        elif type(value) is float:  # JSON Schema's "integer" admits 1.0
+            message[name] = str(int(value))
 
     context = message.get("context")
     if not isinstance(context, dict):
