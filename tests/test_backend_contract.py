@@ -152,6 +152,10 @@ def test_duplicates_are_stored_once_and_counted(url: str) -> None:
     async def scenario(store: Any) -> None:
         first = await store.write([event("d1"), event("d2"), event("d1")])
         assert (first.stored, first.duplicates) == (2, 1)
+        # Which ones were new: an identify's traits reach its profile only from the new copy.
+        assert first.inserted_ids == frozenset({"d1", "d2"})
+        again = await store.write([event("d2"), event("d3")])
+        assert again.inserted_ids == frozenset({"d3"})
         # The same messageId in another workspace is another event.
         other = await store.write([event("d1", workspace=WS2)])
         assert (other.stored, other.duplicates) == (1, 0)
@@ -161,7 +165,7 @@ def test_duplicates_are_stored_once_and_counted(url: str) -> None:
         assert sum(r.stored for r in results) == 30
         assert sum(r.duplicates for r in results) == 50
         ids = [i["event"]["messageId"] for i in await all_events(store, workspace_id=WS)]
-        assert sorted(ids) == sorted(["d1", "d2", *(f"c{i}" for i in range(30))])
+        assert sorted(ids) == sorted(["d1", "d2", "d3", *(f"c{i}" for i in range(30))])
 
     run(url, scenario)
 

@@ -39,7 +39,7 @@ class WriteResult(NamedTuple):
     stored: int  # new events
     duplicates: int  # events whose (workspace, messageId) was already stored
     quarantined: int = 0
-    # messageIds that were new, for backends that can tell cheaply (None: unknown, treat all as new)
+    # messageIds that were new (every backend here reports them; None: unknown, treated as all new)
     inserted_ids: frozenset[str] | None = None
 
 

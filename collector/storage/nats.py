@@ -193,8 +193,14 @@ class NATSStorage:
         messages = [self._event_message(event) for event in events]
         messages += [self._quarantine_message(bad) for bad in quarantined or ()]
         acks = await self._publish_all(messages)
-        duplicates = sum(1 for ack in acks[: len(events)] if ack.duplicate)
-        return WriteResult(stored=len(events) - duplicates, duplicates=duplicates, quarantined=len(quarantined or ()))
+        # JetStream says which publishes its duplicate window already held (Nats-Msg-Id).
+        stored = [event.message_id for event, ack in zip(events, acks, strict=False) if not ack.duplicate]
+        return WriteResult(
+            stored=len(stored),
+            duplicates=len(events) - len(stored),
+            quarantined=len(quarantined or ()),
+            inserted_ids=frozenset(stored),
+        )
 
     def _event_message(self, event: StoredEvent) -> tuple[str, bytes, dict[str, str]]:
         subject = f"{self.prefix}.{subject_token(event.workspace_id)}.{subject_token(event.type)}"

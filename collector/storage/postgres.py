@@ -244,13 +244,20 @@ class PostgresStorage:
         # copy (same batch, or another request in the group) is a duplicate.
         results = []
         for item_events, item_bad, _ in group:
-            stored = 0
+            stored = []
             for event in item_events:
                 key = (event.workspace_id, _text(event.message_id))
                 if key in inserted:
                     inserted.discard(key)
-                    stored += 1
-            results.append(WriteResult(stored=stored, duplicates=len(item_events) - stored, quarantined=len(item_bad)))
+                    stored.append(event.message_id)
+            results.append(
+                WriteResult(
+                    stored=len(stored),
+                    duplicates=len(item_events) - len(stored),
+                    quarantined=len(item_bad),
+                    inserted_ids=frozenset(stored),
+                )
+            )
         return results
 
     async def read_events(self, query: EventQuery) -> EventPage:
