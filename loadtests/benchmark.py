@@ -223,13 +223,13 @@ def start_collector(workdir: Path, core_set: set[int] | None, synchronous: str) 
     return start("collector", args, workdir, core_set, env)
 
 
-def start_bare(workdir: Path, core_set: set[int] | None) -> Process:
-    return start("bare", [sys.executable, str(Path(__file__).resolve()), "--serve-bare"], workdir, core_set, {})
+def start_bare(workdir: Path, core_set: set[int] | None, raw: bool = False) -> Process:
+    flag = "--serve-raw" if raw else "--serve-bare"
+    return start("raw" if raw else "bare", [sys.executable, str(Path(__file__).resolve()), flag], workdir, core_set, {})
 
 
 def serve_bare(port: int) -> None:
     """The ceiling: the same server stack as the collector, with a route that does nothing but read."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -243,6 +243,32 @@ def serve_bare(port: int) -> None:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     app = Starlette(routes=[Route("/v1/t", collect, methods=["POST"]), Route("/health", health)])
+    run_uvicorn(app, port)
+
+
+def serve_raw(port: int) -> None:
+    """uvicorn alone: an ASGI function that reads the body and answers, no framework. What is
+    left of a request's cost when the application costs nothing."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"16")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"success":true}'})
+
+    run_uvicorn(app, port)
+
+
+def run_uvicorn(app: Any, port: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -540,26 +566,32 @@ def median(values: list[float]) -> float:
 
 
 @contextmanager
-def servers(bench: Bench, synchronous: str) -> Iterator[tuple[Process, Process]]:
-    bare = start_bare(bench.workdir, bench.server_cores)
+def servers(bench: Bench, synchronous: str) -> Iterator[tuple[Process, Process, Process]]:
+    raw = start_bare(bench.workdir, bench.server_cores, raw=True)
     try:
-        collector = start_collector(bench.workdir, bench.server_cores, synchronous)
+        bare = start_bare(bench.workdir, bench.server_cores)
         try:
-            yield bare, collector
+            collector = start_collector(bench.workdir, bench.server_cores, synchronous)
+            try:
+                yield raw, bare, collector
+            finally:
+                collector.stop()
         finally:
-            collector.stop()
+            bare.stop()
     finally:
-        bare.stop()
+        raw.stop()
 
 
 def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     results: dict[str, list[LoadResult]] = {
-        name: [] for name in ("bare", "single", "planned", "batch", "profile", "paced")
+        name: [] for name in ("raw", "bare", "single", "planned", "batch", "profile", "paced")
     }
-    with servers(bench, args.synchronous) as (bare, collector):
+    with servers(bench, args.synchronous) as (raw, bare, collector):
         users = create_users(collector.port, args.users)
 
         def scenario(name: str, duration: float) -> LoadSpec:
+            if name == "raw":
+                return single_spec(raw.port, bench.prefix(), args.connections, duration)
             if name == "bare":
                 return single_spec(bare.port, bench.prefix(), args.connections, duration)
             if name == "single":
@@ -570,7 +602,7 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                 return batch_spec(collector.port, bench.prefix(), args.batch_connections, duration)
             return profile_spec(collector.port, users, args.connections, duration)
 
-        order = ["bare", "single", "planned", "batch", "profile"]
+        order = ["raw", "bare", "single", "planned", "batch", "profile"]
         for name in order:  # warm-up: imports, caches, SQLite pages; not counted
             bench.load(scenario(name, args.warmup))
         for round_index in range(args.repeats):
@@ -595,6 +627,7 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     rows = []
     summary: dict[str, Any] = {"generator": bench.generator_name, "scenarios": {}}
     labels = {
+        "raw": "(0) uvicorn alone (raw ASGI, no framework)",
         "bare": "(1) bare Starlette body() route",
         "single": "(2) single event POST /v1/t",
         "planned": "(2b) single event, tracking plan active",
@@ -667,7 +700,23 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     print(f"  p99 < {want:g} ms at 50% of max: {p99:.2f} ms → {'met' if p99 < want else 'NOT met'}")
     if bench.generator_name != "wrk":
         print("  (bundled generator: it may saturate before the server; install wrk for ceiling figures)")
+    print_budget(scenarios, TARGETS["single_ratio"])
     return summary
+
+
+def print_budget(scenarios: dict[str, Any], target: float) -> None:
+    """Where a single-event request's time goes at saturation (one core: time per request = CPU)."""
+    raw_ratio, single_ratio = scenarios["raw"]["ratio_to_bare"], scenarios["single"]["ratio_to_bare"]
+    bare_rate = scenarios["bare"]["median_rate"]
+    if not (raw_ratio and single_ratio and bare_rate):
+        return
+    bare_us = 1e6 / bare_rate
+    raw_us, single_us = bare_us / raw_ratio, bare_us / single_ratio
+    print(
+        f"budget per single-event request, from the median ratios: uvicorn alone {raw_us:.0f} µs, the bare route"
+        f" {bare_us:.0f} µs, the collector {single_us:.0f} µs; {target:.2f}× of the bare route allows"
+        f" {bare_us / target - raw_us:.0f} µs of work above uvicorn, the collector uses {single_us - raw_us:.0f} µs"
+    )
 
 
 # --- soak: sustained paced load, memory sampled over time --------------------------------------
@@ -678,7 +727,7 @@ def soak(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     chunk = min(30.0, args.soak)
     samples: list[tuple[float, float]] = []
     errors = requests = 0
-    with servers(bench, args.synchronous) as (_bare, collector):
+    with servers(bench, args.synchronous) as (_raw, _bare, collector):
         began = time.monotonic()
         while time.monotonic() - began < args.soak:
             single = single_spec(collector.port, bench.prefix(), 32, chunk, rate=args.soak_rate)
@@ -737,6 +786,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead of the benchmark")
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="single events/s (and as many batched)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -750,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_bare:
         serve_bare(args.port)
+        return 0
+    if args.serve_raw:
+        serve_raw(args.port)
         return 0
     if args.generate:
         generate_main(args.generate)
