@@ -39,6 +39,7 @@ class DebugHub:
         self.recent: deque[Entry] = deque(maxlen=RING_SIZE)
         self.last_id = 0
         self.subscribers: set[asyncio.Queue[Entry]] = set()
+        self.prefixes: dict[str, bytes] = {}  # source id → the JSON before an event's body
 
     def publish(self, source_id: str, *parts: bytes) -> None:
         self.publish_all(source_id, [parts])
@@ -61,7 +62,9 @@ class DebugHub:
         head = {"sourceId": source.id, "sourceName": source.name, "workspaceId": source.workspace_id}
         if report.events:
             # The stored body is already JSON: spliced in (when read) instead of re-encoded.
-            prefix = orjson.dumps({"kind": "event", **head})[:-1] + b',"message":'
+            prefix = self.prefixes.get(source.id)
+            if prefix is None:
+                prefix = self.prefixes[source.id] = orjson.dumps({"kind": "event", **head})[:-1] + b',"message":'
             self.publish_all(source.id, [(prefix, event.body, b"}") for event in report.events])
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
