@@ -67,7 +67,8 @@ class FrontDoor:
                 cors, refusal = self.cors.preflight(origin)
                 status = 403 if refusal else 204
                 await self.answer(send, status, b"" if refusal is None else None, cors + extra, refusal)
-                self.observe(scope, "OPTIONS", status, began)
+                path = scope["path"]  # a known event path, or "unmatched": label values stay bounded
+                self.observe(scope, path if path in self.event_paths else "unmatched", status, began)
                 return
             cors, refusal = self.cors.answer_headers(origin, scope, headers)
             extra += cors
