@@ -74,8 +74,13 @@ def test_events_are_counted_by_outcome_type_and_source(client: TestClient) -> No
 def test_request_latency_uses_route_templates(client: TestClient) -> None:
     client.get("/v1/events/some-message-id", headers=bearer(ADMIN))
     client.get("/nowhere/at/all")
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+    assert client.options("/v1/t", headers=preflight).status_code == 204
+    assert client.options("/somewhere/else", headers=preflight).status_code == 204
     samples = scrape(client)
     latency = "collector_request_duration_seconds_count"
+    assert value(samples, latency, method="OPTIONS", route="/v1/t", status="204") == 1
+    assert value(samples, latency, method="OPTIONS", route="unmatched", status="204") == 1
     assert value(samples, latency, method="GET", route="/v1/events/{message_id}", status="404") == 1
     assert value(samples, latency, method="GET", route="unmatched", status="404") == 1
     assert not any("some-message-id" in str(labels) for (_name, labels) in samples)
