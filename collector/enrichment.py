@@ -52,7 +52,7 @@ def micros(moment: datetime) -> int:
 
 def format_micros(us: int) -> str:
     """ISO-8601 UTC with milliseconds (truncated) and Z, the form analytics.js sends. Formatting a
-    datetime costs ~2.7 us here; a cached second plus the milliseconds costs a tenth of that.
+    datetime costs ~2.6 us here; a cached second plus the milliseconds ~0.8 us.
     OverflowError outside years 1-9999."""
     second, rest = divmod(us, 1_000_000)
     prefix = _PREFIXES.get(second)

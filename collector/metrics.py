@@ -92,9 +92,9 @@ class LabelledHistogram:
 
 
 class Metrics(Collector):
-    """The collector's own metrics. prometheus_client's Counter and Histogram take a lock and make
-    several calls per observation (~8 us each here, three per request); these are plain dicts and
-    lists, turned into metric families only when /metrics is scraped."""
+    """The collector's own metrics, as plain dicts and lists turned into metric families only when
+    /metrics is scraped. prometheus_client's Histogram takes a lock and makes several calls per
+    observation: ~2.2 us here, against ~0.5 for Buckets.observe, three times per request."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
