@@ -18,12 +18,10 @@ Policy:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import parse_qs
-
-from starlette.types import Scope
 
 from collector.auth import write_key_from_basic
 from collector.errors import CollectorError, Unauthorized
+from collector.intake import Caller
 from collector.settings import Settings, Source
 
 # Preflight answer: Chromium caps the cache at 2 hours; without a max-age it re-preflights after ~5 s.
@@ -64,10 +62,10 @@ class CorsPolicy:
         self.known_origins = frozenset(o for s in sources.values() for o in s.allowed_origins)
 
     def answer_headers(
-        self, origin: bytes, scope: Scope, headers: dict[bytes, bytes]
+        self, origin: bytes, caller: Caller
     ) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:
         """(CORS headers for the answer, the 403 to give instead when the key's source refuses the origin)."""
-        source = self.source_of(scope, headers)
+        source = self.source_of(caller)
         text = origin.decode("latin-1")
         if source is not None:
             wildcard = "*" in source.allowed_origins
@@ -81,14 +79,13 @@ class CorsPolicy:
             return cors_headers(origin, False), refusal
         return (cors_headers(origin, wildcard) if allowed else []), None
 
-    def source_of(self, scope: Scope, headers: dict[bytes, bytes]) -> Source | None:
+    def source_of(self, caller: Caller) -> Source | None:
         """The source named by a write key in the headers or query (not the body: it is not read here)."""
         try:
-            key = write_key_from_basic(headers.get(b"authorization", b"").decode("latin-1") or None)
+            key = write_key_from_basic(caller.authorization)
         except Unauthorized:
             key = None  # the endpoint answers the malformed header with its own 401
-        if key is None and scope.get("query_string"):
-            key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
+        key = key or caller.query_write_key
         return self.write_keys.get(key) if key else None
 
     def preflight(self, origin: bytes) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:

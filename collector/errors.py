@@ -59,7 +59,7 @@ class CollectorError(Exception):
         return body
 
     def encoded(self, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """(status, JSON body, extra headers): the answer for raw ASGI code (front.py)."""
+        """(status, JSON body, headers): the answer for raw ASGI code (front.py)."""
         extra = self.headers | headers if headers else self.headers
         pairs = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
         return self.status, orjson.dumps(self.body()), pairs

@@ -29,6 +29,7 @@ from collector.ids import unique_hex
 from collector.intake import Caller
 from collector.metrics import Metrics, route_template
 from collector.runtime import Runtime
+from collector.settings import Settings
 
 log = logging.getLogger("collector")
 access_log = logging.getLogger("collector.access")
@@ -61,7 +62,7 @@ class FrontDoor:
         extra = [(b"x-request-id", request_id)]
 
         origin = headers.get(b"origin")
-        refusal = None
+        refusal = caller = None
         if origin is not None:  # a browser's CORS request
             if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
                 cors, refusal = self.cors.preflight(origin)
@@ -70,25 +71,27 @@ class FrontDoor:
                 path = scope["path"]  # a known event path, or "unmatched": label values stay bounded
                 self.observe(scope, path if path in self.event_paths else "unmatched", status, began)
                 return
-            cors, refusal = self.cors.answer_headers(origin, scope, headers)
+            caller = Caller.of(scope, headers)
+            cors, refusal = self.cors.answer_headers(origin, caller)
             extra += cors
 
         kind = self.event_paths.get(scope["path"]) if scope["method"] == "POST" else None
         if refusal is not None:
             status = await self.answer(send, refusal.status, None, extra, refusal)
         elif kind is not None:
-            status = await self.collect(scope, receive, send, headers, kind, extra)
+            status = await self.collect(scope, receive, send, caller or Caller.of(scope, headers), kind, extra)
         else:
             status = await self.route(scope, receive, send, extra)
         self.observe(scope, scope["path"] if kind is not None else None, status, began)
 
     async def collect(
-        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], kind: str, extra: list[Any]
+        self, scope: Scope, receive: Receive, send: Send, caller: Caller, kind: str, extra: list[Any]
     ) -> int:
         try:
-            await endpoints.collect(self.runtime, Caller.of(scope, headers), receive, kind)
+            await endpoints.collect(self.runtime, caller, receive, kind)
         except CollectorError as exc:
-            return await self.answer(send, exc.status, None, extra, exc)
+            own = error_headers(exc, self.runtime.settings, scope["request_id"])
+            return await self.answer(send, exc.status, None, extra, exc, own)
         except Exception:
             log.exception("unhandled error", extra={"request_id": scope["request_id"], "path": scope["path"]})
             return await self.answer(send, 500, None, extra, CollectorError())
@@ -117,13 +120,17 @@ class FrontDoor:
         return status
 
     async def answer(
-        self, send: Send, status: int, body: bytes | None, headers: list[Any], error: CollectorError | None
+        self,
+        send: Send,
+        status: int,
+        body: bytes | None,
+        headers: list[Any],
+        error: CollectorError | None,
+        error_extra: dict[str, str] | None = None,
     ) -> int:
         """Sends an answer: `body` as it is, or the error's JSON shape (with its own headers)."""
         if error is not None:
-            if error.status >= 500:
-                log.warning("%s: %s", error.code, error.more_info)
-            status, body, own = error.encoded(self.error_headers(error))
+            status, body, own = error.encoded(error_extra)
             headers = [JSON, *own, *headers]
         assert body is not None
         if status != 204:
@@ -131,11 +138,6 @@ class FrontDoor:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return status
-
-    def error_headers(self, error: CollectorError) -> dict[str, str] | None:
-        if isinstance(error, StorageUnavailable):
-            return {"Retry-After": str(self.runtime.settings.retry_after_seconds)}
-        return None
 
     def observe(self, scope: Scope, route: str | None, status: int, began: float) -> None:
         elapsed = time.perf_counter() - began
@@ -158,17 +160,22 @@ class FrontDoor:
             )
 
 
+def error_headers(error: CollectorError, settings: Settings, request_id: str | None) -> dict[str, str]:
+    """What an error answer adds, on either path: Retry-After on a 503; a 5xx is logged."""
+    if error.status >= 500:
+        log.warning("%s: %s", error.code, error.more_info, extra={"request_id": request_id})
+    if isinstance(error, StorageUnavailable):
+        return {"Retry-After": str(settings.retry_after_seconds)}
+    return {}
+
+
 # --- how the Starlette part answers what its routes raise ---------------------------------------
 
 
 async def on_collector_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CollectorError)
-    if exc.status >= 500:
-        log.warning("%s: %s", exc.code, exc.more_info, extra={"request_id": request.scope.get("request_id")})
-    if isinstance(exc, StorageUnavailable):
-        runtime: Runtime = request.app.state.runtime
-        return exc.response({"Retry-After": str(runtime.settings.retry_after_seconds)})
-    return exc.response()
+    runtime: Runtime = request.app.state.runtime
+    return exc.response(error_headers(exc, runtime.settings, request.scope.get("request_id")))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
