@@ -228,8 +228,8 @@ def start_bare(workdir: Path, core_set: set[int] | None, raw: bool = False) -> P
     return start("raw" if raw else "bare", [sys.executable, str(Path(__file__).resolve()), flag], workdir, core_set, {})
 
 
-def serve_bare(port: int) -> None:
-    """The ceiling: the same server stack as the collector, with a route that does nothing but read."""
+def bare_app() -> Any:
+    """The ceiling: a Starlette route that does nothing but read the body (also inprocess.py's)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -242,8 +242,13 @@ def serve_bare(port: int) -> None:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1/t", collect, methods=["POST"]), Route("/health", health)])
-    run_uvicorn(app, port)
+    routes = [Route(path, collect, methods=["POST"]) for path in ("/v1/t", "/v1/batch")]
+    return Starlette(routes=[*routes, Route("/health", health)])
+
+
+def serve_bare(port: int) -> None:
+    """The same server stack as the collector, around bare_app()."""
+    run_uvicorn(bare_app(), port)
 
 
 def serve_raw(port: int) -> None:
