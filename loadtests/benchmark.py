@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,14 +213,20 @@ def write_config(path: Path) -> None:
     )
 
 
-def start_collector(workdir: Path, core_set: set[int] | None, synchronous: str) -> Process:
-    config = workdir / "collector.yaml"
+def start_collector(
+    workdir: Path, core_set: set[int] | None, synchronous: str, checkout: Path = ROOT, name: str = "collector"
+) -> Process:
+    """The collector of `checkout` (this one, or --baseline's), with its own config and database."""
+    home = workdir / name
+    home.mkdir(exist_ok=True)
+    config = home / "collector.yaml"
     write_config(config)
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    # First on the path, so `-m collector` imports that checkout's package, not the installed one.
+    env = {"PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env["COLLECTOR_SQLITE_SYNCHRONOUS"] = synchronous
     args = [sys.executable, "-m", "collector", "serve", "--host", "127.0.0.1", "--config", str(config)]
-    args += ["--storage", f"sqlite:///{workdir / 'events.db'}"]
-    return start("collector", args, workdir, core_set, env)
+    args += ["--storage", f"sqlite:///{home / 'events.db'}"]
+    return start(name, args, home, core_set, env)
 
 
 def start_bare(workdir: Path, core_set: set[int] | None, raw: bool = False) -> Process:
@@ -571,27 +577,32 @@ def median(values: list[float]) -> float:
 
 
 @contextmanager
-def servers(bench: Bench, synchronous: str) -> Iterator[tuple[Process, Process, Process]]:
-    raw = start_bare(bench.workdir, bench.server_cores, raw=True)
-    try:
-        bare = start_bare(bench.workdir, bench.server_cores)
-        try:
-            collector = start_collector(bench.workdir, bench.server_cores, synchronous)
-            try:
-                yield raw, bare, collector
-            finally:
-                collector.stop()
-        finally:
-            bare.stop()
-    finally:
-        raw.stop()
+def servers(
+    bench: Bench, synchronous: str, baseline: Path | None = None
+) -> Iterator[tuple[Process, Process, Process, Process | None]]:
+    """raw, bare, this checkout's collector, and --baseline's collector (or None)."""
+    with ExitStack() as stack:
+
+        def stopped_at_exit(process: Process) -> Process:
+            stack.callback(process.stop)
+            return process
+
+        cores = bench.server_cores
+        raw = stopped_at_exit(start_bare(bench.workdir, cores, raw=True))
+        bare = stopped_at_exit(start_bare(bench.workdir, cores))
+        collector = stopped_at_exit(start_collector(bench.workdir, cores, synchronous))
+        base = None
+        if baseline:
+            base = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, baseline, "baseline"))
+        yield raw, bare, collector, base
 
 
 def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    results: dict[str, list[LoadResult]] = {
-        name: [] for name in ("raw", "bare", "single", "planned", "batch", "profile", "paced")
-    }
-    with servers(bench, args.synchronous) as (raw, bare, collector):
+    order = ["raw", "bare", "single", "planned", "batch", "profile"]
+    if args.baseline:  # each next to its counterpart, so the two meet the same machine
+        order = ["raw", "bare", "single", "single_base", "planned", "batch", "batch_base", "profile"]
+    results: dict[str, list[LoadResult]] = {name: [] for name in [*order, "paced"]}
+    with servers(bench, args.synchronous, args.baseline) as (raw, bare, collector, baseline):
         users = create_users(collector.port, args.users)
 
         def scenario(name: str, duration: float) -> LoadSpec:
@@ -605,9 +616,12 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                 return planned_spec(collector.port, bench.prefix(), args.connections, duration)
             if name == "batch":
                 return batch_spec(collector.port, bench.prefix(), args.batch_connections, duration)
+            if name == "single_base" and baseline:
+                return single_spec(baseline.port, bench.prefix(), args.connections, duration)
+            if name == "batch_base" and baseline:
+                return batch_spec(baseline.port, bench.prefix(), args.batch_connections, duration)
             return profile_spec(collector.port, users, args.connections, duration)
 
-        order = ["raw", "bare", "single", "planned", "batch", "profile"]
         for name in order:  # warm-up: imports, caches, SQLite pages; not counted
             bench.load(scenario(name, args.warmup))
         for round_index in range(args.repeats):
@@ -623,6 +637,8 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             paced = single_spec(collector.port, bench.prefix(), args.connections, args.duration, rate=target_rate)
             results["paced"].append(bench.load(paced))
         rss = {"bare": bare.peak_rss_mb(), "collector": collector.peak_rss_mb()}
+        if baseline:
+            rss["baseline"] = baseline.peak_rss_mb()
     return {"results": results, "rss": rss, "paced_rate": target_rate}
 
 
@@ -639,6 +655,8 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
         "batch": f"(3) batch of {BATCH_SIZE}, POST /v1/batch",
         "profile": "(4) profile merge POST /track/:id",
         "paced": f"(5) single at 50% of max ({outcome['paced_rate']:,.0f}/s)",
+        "single_base": "(2) single event, --baseline checkout",
+        "batch_base": "(3) batch, --baseline checkout",
     }
     for name, runs in results.items():
         rates = [r.rate for r in runs]
@@ -647,7 +665,7 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
             "median_rate": median(rates),
             "min_rate": min(rates, default=float("nan")),
             "max_rate": max(rates, default=float("nan")),
-            "events_per_s": median(rates) * (BATCH_SIZE if name == "batch" else 1),
+            "events_per_s": median(rates) * (BATCH_SIZE if name.startswith("batch") else 1),
             "p50_ms": median([r.p50_ms for r in runs]),
             "p99_ms": median([r.p99_ms for r in runs]),
             "max_ms": max((r.max_ms for r in runs), default=float("nan")),
@@ -685,7 +703,8 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
         print(row)
     print(
         f"peak RSS: collector {outcome['rss']['collector']:.0f} MB, bare route {outcome['rss']['bare']:.0f} MB"
-        " (VmHWM over the whole run)"
+        + (f", baseline collector {outcome['rss']['baseline']:.0f} MB" if "baseline" in outcome["rss"] else "")
+        + " (VmHWM over the whole run)"
     )
     print("targets:")
     ratio, want = summary["targets"]["single_ratio"]
@@ -706,7 +725,22 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     if bench.generator_name != "wrk":
         print("  (bundled generator: it may saturate before the server; install wrk for ceiling figures)")
     print_budget(scenarios, TARGETS["single_ratio"])
+    if "single_base" in results:
+        summary["against_baseline"] = against_baseline(results, args.baseline)
     return summary
+
+
+def against_baseline(results: dict[str, list[LoadResult]], baseline: Path) -> dict[str, float]:
+    """This checkout's rate over --baseline's, per round (both ran in it, back to back), median."""
+    ratios = {}
+    for name in ("single", "batch"):
+        pairs = zip(results[name], results[name + "_base"], strict=False)
+        ratios[name] = median([ours.rate / theirs.rate for ours, theirs in pairs if theirs.rate])
+    print(
+        f"against the baseline {baseline}: single {ratios['single']:.3f}×, batch {ratios['batch']:.3f}×"
+        " (this checkout's rate over the baseline's, median of per-round ratios)"
+    )
+    return ratios
 
 
 def print_budget(scenarios: dict[str, Any], target: float) -> None:
@@ -732,7 +766,7 @@ def soak(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     chunk = min(30.0, args.soak)
     samples: list[tuple[float, float]] = []
     errors = requests = 0
-    with servers(bench, args.synchronous) as (_raw, _bare, collector):
+    with servers(bench, args.synchronous) as (_raw, _bare, collector, _baseline):
         began = time.monotonic()
         while time.monotonic() - began < args.soak:
             single = single_spec(collector.port, bench.prefix(), 32, chunk, rate=args.soak_rate)
@@ -788,6 +822,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator", choices=["auto", "wrk", "bundled"], default="auto")
     parser.add_argument("--synchronous", default="FULL", help="COLLECTOR_SQLITE_SYNCHRONOUS for the collector")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of main): its collector runs single and batch in the same"
+        " interleaved rounds, and the ratios of this checkout to it are printed",
+    )
     parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead of the benchmark")
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="single events/s (and as many batched)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)

@@ -100,8 +100,11 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
     if generator == "auto" and not shutil.which("wrk"):
         pytest.skip("wrk is not installed (the bundled case covers the fallback)")
     out = tmp_path / "bench.json"
+    # With wrk, this checkout is also its own --baseline: the A/B mode runs a second collector.
+    baseline = ["--baseline", str(LOADTESTS.parent)] if generator == "auto" else []
     done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--generator", generator, "--json", str(out)],
+        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--generator", generator, "--json", str(out)]
+        + baseline,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -115,6 +118,11 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
         assert scenario["requests"] > 0, (name, scenario)
         assert scenario["errors"] == 0, (name, scenario)
     assert summary["peak_rss_mb"]["collector"] > 0
+    if baseline:
+        for name in ("single_base", "batch_base"):
+            assert summary["scenarios"][name]["requests"] > 0 and summary["scenarios"][name]["errors"] == 0
+        assert set(summary["against_baseline"]) == {"single", "batch"}
+        assert all(ratio > 0 for ratio in summary["against_baseline"].values())
 
 
 def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
