@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -82,6 +83,34 @@ def event_paths() -> dict[str, str]:
     return table | dict.fromkeys(BATCH_PATHS, "batch")
 
 
+_GC_DEFAULTS = gc.get_threshold()
+_quiet_apps = 0  # running apps that quieted the GC; the last one to stop restores it
+
+
+def quiet_garbage_collector() -> None:
+    """Keeps the cyclic GC out of the hot path (at start-up).
+
+    Requests allocate thousands of short-lived dicts (a batch of 100 events ~2,000) that reference
+    counting frees, and the pipeline makes no cycles, yet the default thresholds start a collection
+    every 700 allocations and rescan the older generations, where the ~33k objects of the modules,
+    schemas and validators live. That was 28 % of the event loop's time on batches (py-spy). Objects
+    alive at start-up are frozen out of collections, and young collections start every 50,000
+    allocations; cycles are still collected."""
+    global _quiet_apps
+    _quiet_apps += 1
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
+def restore_garbage_collector() -> None:
+    global _quiet_apps
+    _quiet_apps -= 1
+    if _quiet_apps == 0:
+        gc.unfreeze()
+        gc.set_threshold(*_GC_DEFAULTS)
+
+
 def create_app(settings: Settings) -> FrontDoor:
     validators = Validators(load_schemas(default_spec_dir()))
     storage = open_backend(settings.storage, **backend_options(settings.storage, settings))
@@ -104,9 +133,11 @@ def create_app(settings: Settings) -> FrontDoor:
         if plans is not None:
             plans.start()
         runtime.ready = True
+        quiet_garbage_collector()
         try:
             yield
         finally:
+            restore_garbage_collector()
             runtime.ready = False
             if plans is not None:
                 await plans.stop()

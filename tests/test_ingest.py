@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
+import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,3 +389,29 @@ def test_ready_is_unready_before_the_store_is_open(config_path: Path, db_url: st
     answer = test_client.get("/ready")
     assert answer.status_code == 503
     assert answer.json()["code"] == "storage_unavailable"
+
+
+def test_a_running_app_keeps_the_cyclic_gc_quiet_and_the_last_one_to_stop_restores_it(
+    config_path: Path, db_url: str, tmp_path: Path
+) -> None:
+    defaults = gc.get_threshold()
+    with make_client(config_path, db_url) as first:
+        assert gc.get_freeze_count() > 1000  # modules, schemas and validators are out of collections
+        assert gc.get_threshold()[0] > defaults[0]
+        with make_client(config_path, f"sqlite:///{tmp_path / 'other.db'}"):
+            pass
+        assert gc.get_freeze_count() > 1000, "a second app stopping must not undo the first one's"
+
+        class Node:
+            pass
+
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]
+        alive = weakref.ref(cycle)
+        del cycle
+        gc.collect(0)
+        assert alive() is None, "cycles are still collected"
+        body = orjson.dumps({"event": "E", "userId": "u", "messageId": "after-a-gc"})
+        assert_success(first.post("/v1/t", content=body, headers=basic(WRITE_KEY)))
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == defaults
