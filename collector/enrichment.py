@@ -41,6 +41,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
 _PREFIXES: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS": events cluster in a few seconds
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # a list index is cheaper than an f-string's format spec
 
 
 def micros(moment: datetime) -> int:
@@ -52,7 +53,8 @@ def micros(moment: datetime) -> int:
 
 def format_micros(us: int) -> str:
     """ISO-8601 UTC with milliseconds (truncated) and Z, the form analytics.js sends. Formatting a
-    datetime costs ~2.6 us here; a cached second plus the milliseconds ~0.8 us.
+    datetime costs ~2.6 us here; a cached second plus the milliseconds as an f-string ~2.1
+    us in the same timing run, and with a ready ".mmmZ" ~0.8 us.
     OverflowError outside years 1-9999."""
     second, rest = divmod(us, 1_000_000)
     prefix = _PREFIXES.get(second)
@@ -62,7 +64,7 @@ def format_micros(us: int) -> str:
         if len(_PREFIXES) >= 4096:
             _PREFIXES.clear()
         prefix = _PREFIXES[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{rest // 1000:03d}Z"
+    return prefix + _MILLIS[rest // 1000]
 
 
 def format_time(moment: datetime) -> str:
