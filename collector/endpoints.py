@@ -72,13 +72,10 @@ async def ingest(runtime: Runtime, caller: Caller, payload: dict[str, Any], body
         for user_id, traits in profile_updates(kept, result.inserted_ids):
             await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, arrival.received_at_text)
 
-    runtime.count("accepted", source.id, result.stored)
-    runtime.count("duplicate", source.id, result.duplicates)
-    runtime.count("quarantined", source.id, result.quarantined)
     runtime.count("plan_violations", source.id, planned.violations)
+    # Outcomes (accepted, duplicate, quarantined, rejected) are counted by the metrics listener.
     runtime.notify(IntakeReport(source, events, held, refused, result, write_seconds))  # metrics, debugger
     if refused:
-        runtime.count("rejected", source.id, len(refused))
         raise rejection(refused, accepted=len(events), total=len(messages))
 
 

@@ -33,7 +33,7 @@ class Runtime:
     profiles: ProfileStore | None
     plans: PlanRegistry | None = None  # tracking plans, reloaded when their files change
     ready: bool = False
-    # accepted / duplicate / rejected / quarantined / telemetry, per (counter, source id)
+    # plan_violations / rate_limited / telemetry_*, per (counter, source id); event outcomes are in metrics
     counters: Counter[tuple[str, str]] = field(default_factory=Counter)
     extras: dict[str, Any] = field(default_factory=dict)
     # Called after every event write; must be quick and must not raise (metrics, live debugger).

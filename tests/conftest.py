@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from collector.app import create_app
@@ -105,6 +106,21 @@ def stored(client: TestClient, **params: Any) -> list[dict[str, Any]]:
     answer = client.get("/v1/events", params={"limit": 1000, **params}, headers=bearer(ADMIN))
     assert answer.status_code == 200, answer.text
     return [item["event"] for item in answer.json()["data"]]
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = client.get("/metrics", headers=bearer(ADMIN))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # --- real processes ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector.enrichment import parse_time
-from conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, WRITE_KEY, basic, bearer, make_client, stored
+from conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, WRITE_KEY, basic, bearer, make_client, scrape, stored, value
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORT = {"track": "t", "identify": "i", "page": "p", "screen": "s", "group": "g", "alias": "a"}
@@ -170,9 +170,9 @@ def test_resent_message_is_200_stored_once_and_counted(client: TestClient) -> No
     batch = {"batch": [body | {"type": "track"}, body | {"type": "track"}]}
     assert_success(post(client, "/v1/batch", batch, basic(WRITE_KEY)))
     assert len(stored(client, messageId="dup-1")) == 1
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    assert runtime.counters[("accepted", "src_web")] == 1
-    assert runtime.counters[("duplicate", "src_web")] == 4
+    samples = scrape(client)
+    assert value(samples, "collector_events_total", outcome="accepted", type="track", source="src_web") == 1
+    assert value(samples, "collector_events_total", outcome="duplicate", type="track", source="src_web") == 4
 
 
 def test_dedupe_is_per_workspace(client: TestClient) -> None:

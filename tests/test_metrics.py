@@ -4,25 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer
-
-
-def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    answer = client.get("/metrics", headers=bearer(ADMIN))
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, value
 
 
 def test_metrics_need_the_admin_token(client: TestClient) -> None:
