@@ -274,9 +274,9 @@ class SQLiteStorage:
     # --- the writer ---------------------------------------------------------------------------
 
     async def _submit(self, operation: Operation) -> Any:
-        if self._writer is None:
+        if self._writer is None or self._loop is None:
             raise StorageUnavailable("Storage is not open")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()  # get_running_loop() makes a getpid() system call each time
         self._queue.put((operation, future))
         return await future
 
