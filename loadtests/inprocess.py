@@ -9,6 +9,9 @@ commit, and the same is done for a bare Starlette route for scale. CPU time is t
 (every thread), measured with time.process_time(). Like benchmark.py it prints and asserts nothing;
 unlike it, it keeps the least CPU of several alternating rounds, which is repeatable to a few
 percent on a busy machine, so it is the tool for telling whether a change to the hot path helped.
+Like the benchmark's servers, the process runs pinned to one core (when there are two or more):
+the event loop and the SQLite writer thread then hand over as they do in the benchmark. Unpinned,
+each hand-over crosses cores and costs several times more (`--no-pin` to see it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import secrets
 import sys
@@ -164,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the least CPU of each is kept")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--no-pin", action="store_true", help="run on every core instead of the first one")
     args = parser.parse_args(argv)
+    server_cores, _ = benchmark.cores()
+    if server_cores and not args.no_pin:
+        os.sched_setaffinity(0, server_cores)
     try:
         import uvloop
 
