@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -135,9 +136,13 @@ def create_app(settings: Settings) -> FrontDoor:
             plans.start()
         runtime.ready = True
         quiet_garbage_collector()
+        pooling = asyncio.create_task(app_metrics.pool.publish_forever()) if app_metrics.pool else None
         try:
             yield
         finally:
+            if pooling is not None and app_metrics.pool is not None:
+                pooling.cancel()
+                app_metrics.pool.publish()  # this worker's last figures stay in the pool
             restore_garbage_collector()
             runtime.ready = False
             if plans is not None:

@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from collector import settings as settings_module
@@ -76,23 +78,31 @@ def serve(args: argparse.Namespace) -> int:
     if loaded.config_path and Path(loaded.config_path).resolve() == DEV_CONFIG.resolve():
         for write_key, source in loaded.write_keys.items():
             print(f"  source {source.id}: write key {write_key}", flush=True)
+    pool_dir = None
+    if args.workers > 1 and not loaded.metrics_dir:  # the workers pool /metrics here (removed at exit)
+        pool_dir = tempfile.mkdtemp(prefix="collector-metrics-")
+        os.environ["COLLECTOR_METRICS_DIR"] = pool_dir
     os.environ["COLLECTOR_ACCESS_LOG"] = "1" if args.access_log else ""
     configure_logging(args.access_log)
     print(f"collector: storage {loaded.storage}, listening on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(
-        "collector.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn
-        server_header=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
+    try:
+        uvicorn.run(
+            "collector.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn
+            server_header=False,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if pool_dir is not None:
+            shutil.rmtree(pool_dir, ignore_errors=True)
     return 0
 
 

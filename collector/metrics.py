@@ -9,18 +9,25 @@
 - `collector_sdk_telemetry_requests_total`, `collector_sdk_telemetry_series_total` (POST /v1/m)
   and `collector_rate_limited_total{source}`, read from the runtime counters at scrape time.
 
-Each app has its own registry (several apps live in one test process); with `--workers N`
-each worker answers for itself.
+Each app has its own registry (several apps live in one test process). With `--workers N` the
+workers pool their figures through a directory (`metricsDir`): each one writes its own every
+second, and the one that answers a scrape adds the others' to its live figures.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from itertools import accumulate
 from math import inf as INF
+from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -47,9 +54,9 @@ class Tally:
     def inc(self, key: tuple[str, ...], amount: float = 1) -> None:
         self.values[key] = self.values.get(key, 0) + amount
 
-    def family(self) -> CounterMetricFamily:
+    def family(self, values: dict[tuple[str, ...], float]) -> CounterMetricFamily:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in sorted(self.values.items()):
+        for key, value in sorted(values.items()):
             family.add_metric(list(key), value)
         return family
 
@@ -68,9 +75,6 @@ class Buckets:
         self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus' `le`
         self.total += value
 
-    def exported(self) -> list[tuple[str, float]]:
-        return [(floatToGoString(b), c) for b, c in zip(self.bounds, accumulate(self.counts), strict=True)]
-
 
 class LabelledHistogram:
     def __init__(self, name: str, documentation: str, labels: list[str], bounds: tuple[float, ...]) -> None:
@@ -84,10 +88,14 @@ class LabelledHistogram:
             series = self.series[key] = Buckets(self.bounds)
         return series
 
-    def family(self) -> HistogramMetricFamily:
+    def snapshot(self) -> dict[tuple[str, ...], tuple[list[int], float]]:
+        return {key: (list(series.counts), series.total) for key, series in self.series.items()}
+
+    def family(self, series: dict[tuple[str, ...], tuple[list[int], float]]) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, series in sorted(self.series.items()):
-            family.add_metric(list(key), series.exported(), series.total)
+        for key, (counts, total) in sorted(series.items()):
+            buckets = [(floatToGoString(b), c) for b, c in zip(self.bounds, accumulate(counts), strict=True)]
+            family.add_metric(list(key), buckets, total)
         return family
 
 
@@ -96,7 +104,9 @@ class Metrics(Collector):
     /metrics is scraped. prometheus_client's Histogram takes a lock and makes several calls per
     observation: ~2.2 us here, against ~0.5 for Buckets.observe, three times per request."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime, pool_dir: str = "") -> None:
+        self.runtime = runtime
+        self.pool = Pool(Path(pool_dir), self.state) if pool_dir else None
         self.registry = CollectorRegistry()
         self.events = Tally(
             "collector_events",
@@ -125,10 +135,42 @@ class Metrics(Collector):
         self.write_seconds, self.write_events = write_seconds.child(()), write_events.child(())
         self.registry.register(self)
 
+    def state(self) -> dict[str, Any]:
+        """What this process has counted (the runtime's counters too), as JSON-able lists."""
+        return {
+            "events": [[*key, value] for key, value in self.events.values.items()],
+            "histograms": {
+                h.name: [[list(key), counts, total] for key, (counts, total) in h.snapshot().items()]
+                for h in self.histograms
+            },
+            "counters": [[name, source, value] for (name, source), value in self.runtime.counters.items()],
+        }
+
     def collect(self) -> Iterator[Any]:
-        yield self.events.family()
+        events, series, counters = self.pooled()
+        yield self.events.family(events)
         for histogram in self.histograms:
-            yield histogram.family()
+            yield histogram.family(series.get(histogram.name, {}))
+        yield from counter_families(counters)
+
+    def pooled(self) -> tuple[dict[Any, float], dict[str, dict[Any, tuple[list[int], float]]], Counter[Any]]:
+        """This process's live figures, plus the other workers' latest when they pool them."""
+        events = dict(self.events.values)
+        series = {h.name: h.snapshot() for h in self.histograms}
+        counters: Counter[tuple[str, str]] = Counter(self.runtime.counters)
+        for state in self.pool.others() if self.pool else ():
+            for *key, value in state["events"]:
+                events[tuple(key)] = events.get(tuple(key), 0) + value
+            for name, entries in state["histograms"].items():
+                mine = series.setdefault(name, {})
+                for key, counts, total in entries:
+                    have = mine.get(tuple(key))
+                    if have is not None:
+                        counts, total = [a + b for a, b in zip(have[0], counts, strict=True)], have[1] + total
+                    mine[tuple(key)] = (counts, total)
+            for name, source, value in state["counters"]:
+                counters[(name, source)] += value
+        return events, series, counters
 
     def request_timer(self, method: str, route: str, status: int) -> Buckets:
         return self.request_seconds.child((method, route, str(status)))
@@ -165,29 +207,61 @@ class Metrics(Collector):
                 count((outcome, kind, source))  # a sent type may be any JSON
 
 
-class RuntimeCounters(Collector):
-    """Counters the endpoints already keep in `Runtime.counters`, exported at scrape time."""
+def counter_families(counters: Counter[tuple[str, str]]) -> Iterator[CounterMetricFamily]:
+    """The counters the endpoints keep in `Runtime.counters`, exported at scrape time."""
+    requests = CounterMetricFamily("collector_sdk_telemetry_requests", "POST /v1/m requests (SDK telemetry).")
+    requests.add_metric([], sum(v for (name, _), v in counters.items() if name == "telemetry_requests"))
+    series = CounterMetricFamily("collector_sdk_telemetry_series", "Metric series received in SDK telemetry.")
+    series.add_metric([], sum(v for (name, _), v in counters.items() if name == "telemetry_series"))
+    limited = CounterMetricFamily("collector_rate_limited", "Requests answered 429 by source.", labels=["source"])
+    for (name, source), value in sorted(counters.items()):
+        if name == "rate_limited":
+            limited.add_metric([source], value)
+    violations = CounterMetricFamily(
+        "collector_plan_violations", "Tracking-plan violations found, by source.", labels=["source"]
+    )
+    for (name, source), value in sorted(counters.items()):
+        if name == "plan_violations":
+            violations.add_metric([source], value)
+    yield from (requests, series, limited, violations)
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        counters = self.runtime.counters
-        requests = CounterMetricFamily("collector_sdk_telemetry_requests", "POST /v1/m requests (SDK telemetry).")
-        requests.add_metric([], sum(v for (name, _), v in counters.items() if name == "telemetry_requests"))
-        series = CounterMetricFamily("collector_sdk_telemetry_series", "Metric series received in SDK telemetry.")
-        series.add_metric([], sum(v for (name, _), v in counters.items() if name == "telemetry_series"))
-        limited = CounterMetricFamily("collector_rate_limited", "Requests answered 429 by source.", labels=["source"])
-        for (name, source), value in sorted(counters.items()):
-            if name == "rate_limited":
-                limited.add_metric([source], value)
-        violations = CounterMetricFamily(
-            "collector_plan_violations", "Tracking-plan violations found, by source.", labels=["source"]
-        )
-        for (name, source), value in sorted(counters.items()):
-            if name == "plan_violations":
-                violations.add_metric([source], value)
-        yield from (requests, series, limited, violations)
+class Pool:
+    """The worker processes of one server, pooling their figures through a directory. Each writes
+    its own state to <pid>.json (atomically, every PUBLISH_SECONDS and at shutdown). A worker that
+    exits leaves its file, so counters never go back; use a fresh directory per server start."""
+
+    PUBLISH_SECONDS = 1.0
+
+    def __init__(self, directory: Path, state: Callable[[], dict[str, Any]]) -> None:
+        self.directory = directory
+        self.state = state
+        self.own = directory / f"{os.getpid()}.json"
+
+    def publish(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.own.with_suffix(".partial")
+        partial.write_bytes(orjson.dumps(self.state()))
+        os.replace(partial, self.own)  # readers see the old file or the new one, never half of one
+
+    def others(self) -> list[dict[str, Any]]:
+        states = []
+        for path in sorted(self.directory.glob("*.json")):
+            if path == self.own:
+                continue  # this process's live figures are fresher
+            try:
+                states.append(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):  # removed meanwhile, or not ours
+                continue
+        return states
+
+    async def publish_forever(self) -> None:
+        while True:
+            try:
+                self.publish()
+            except OSError:
+                logging.getLogger("collector").exception("cannot write metrics to %s", self.directory)
+            await asyncio.sleep(self.PUBLISH_SECONDS)
 
 
 def route_template(scope: Scope) -> str:
@@ -202,9 +276,8 @@ def route_template(scope: Scope) -> str:
 
 def install(runtime: Runtime) -> Metrics:
     """Time storage writes, count intake, export runtime counters; returns the app's Metrics."""
-    metrics = Metrics()
+    metrics = Metrics(runtime, runtime.settings.metrics_dir)
     runtime.listeners.append(metrics.on_intake)
-    metrics.registry.register(RuntimeCounters(runtime))
     runtime.extras["metrics"] = metrics
     return metrics
 

@@ -108,8 +108,11 @@ def stored(client: TestClient, **params: Any) -> list[dict[str, Any]]:
     return [item["event"] for item in answer.json()["data"]]
 
 
-def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    answer = client.get("/metrics", headers=bearer(ADMIN))
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient | httpx.Client, base_url: str = "") -> Samples:
+    answer = client.get(base_url + "/metrics", headers=bearer(ADMIN))
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
     samples = {}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 from starlette.testclient import TestClient
 
-from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, value
+from collector.metrics import Pool
+from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, start_server, value
 
 
 def test_metrics_need_the_admin_token(client: TestClient) -> None:
@@ -123,3 +128,30 @@ def test_unknown_types_are_counted_as_unknown_and_a_failing_observer_is_not_a_50
     assert answer.status_code == 200  # stored durably; the observer's fault is logged, not answered
     samples = scrape(client)
     assert value(samples, "collector_events_total", outcome="accepted", type="track", source="src_web") == 2
+
+
+def test_workers_pool_their_metrics_so_any_scrape_counts_every_event(tmp_path: Path, config_path: Path) -> None:
+    pool = tmp_path / "pool"
+    storage = f"sqlite:///{tmp_path / 'events.db'}"
+    node = start_server(tmp_path, config_path, storage, "--workers", "2", env={"COLLECTOR_METRICS_DIR": str(pool)})
+    try:
+        sent = 60
+        for number in range(sent):
+            with httpx.Client() as client:  # a connection each: the kernel spreads them over the workers
+                event = {"event": "Pooled", "userId": "u", "messageId": f"pool-{number}"}
+                answer = client.post(node.url + "/v1/track", json=event, headers=basic(WRITE_KEY))
+                assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 10
+        while len(list(pool.glob("*.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(Pool.PUBLISH_SECONDS + 0.5)  # every worker has published since its last event
+        per_worker = [sum(entry[-1] for entry in orjson.loads(p.read_bytes())["events"]) for p in pool.glob("*.json")]
+        assert len(per_worker) == 2 and sum(per_worker) == sent
+        assert all(0 < count < sent for count in per_worker), f"one worker took every connection: {per_worker}"
+        for _ in range(8):  # on a new connection each time, a scrape may reach either worker
+            with httpx.Client() as client:
+                samples = scrape(client, node.url)
+            assert value(samples, "collector_events_total", outcome="accepted", type="track", source="src_web") == sent
+    finally:
+        node.stop()
+    assert not list(pool.glob("*.partial")), "a worker's file is replaced whole, never left half-written"
