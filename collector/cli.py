@@ -78,10 +78,10 @@ def serve(args: argparse.Namespace) -> int:
     if loaded.config_path and Path(loaded.config_path).resolve() == DEV_CONFIG.resolve():
         for write_key, source in loaded.write_keys.items():
             print(f"  source {source.id}: write key {write_key}", flush=True)
-    pool_dir = None
-    if args.workers > 1 and not loaded.metrics_dir:  # the workers pool /metrics here (removed at exit)
-        pool_dir = tempfile.mkdtemp(prefix="collector-metrics-")
-        os.environ["COLLECTOR_METRICS_DIR"] = pool_dir
+    shared_dir = None
+    if args.workers > 1 and not loaded.workers_dir:  # shared by the workers (removed at exit)
+        shared_dir = tempfile.mkdtemp(prefix="collector-workers-")
+        os.environ["COLLECTOR_WORKERS_DIR"] = shared_dir
     os.environ["COLLECTOR_ACCESS_LOG"] = "1" if args.access_log else ""
     configure_logging(args.access_log)
     print(f"collector: storage {loaded.storage}, listening on http://{args.host}:{args.port}", flush=True)
@@ -101,8 +101,8 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
     finally:
-        if pool_dir is not None:
-            shutil.rmtree(pool_dir, ignore_errors=True)
+        if shared_dir is not None:
+            shutil.rmtree(shared_dir, ignore_errors=True)
     return 0
 
 

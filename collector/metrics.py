@@ -10,7 +10,7 @@
   and `collector_rate_limited_total{source}`, read from the runtime counters at scrape time.
 
 Each app has its own registry (several apps live in one test process). With `--workers N` the
-workers pool their figures through a directory (`metricsDir`): each one writes its own every
+workers pool their figures through a directory (`workersDir`): each one writes its own every
 second, and the one that answers a scrape adds the others' to its live figures.
 """
 
@@ -276,7 +276,7 @@ def route_template(scope: Scope) -> str:
 
 def install(runtime: Runtime) -> Metrics:
     """Time storage writes, count intake, export runtime counters; returns the app's Metrics."""
-    metrics = Metrics(runtime, runtime.settings.metrics_dir)
+    metrics = Metrics(runtime, runtime.settings.workers_dir)
     runtime.listeners.append(metrics.on_intake)
     runtime.extras["metrics"] = metrics
     return metrics

@@ -4,15 +4,21 @@ A token bucket: each event request costs one token; the bucket refills at `rate`
 second up to `burst`. An empty bucket answers 429 with `Retry-After` (whole seconds until a token
 is back) and nothing else: no `X-RateLimit-Reset`, whose meaning legacy SDKs disagree on
 (seconds-from-now vs epoch), so a client reading it wrongly could sleep for decades.
-Buckets live in the process: with `--workers N` each worker limits on its own.
+With `--workers N` the workers share their buckets through a file in the workers' directory
+(`workersDir`), so the server as a whole keeps each limit, not each worker.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import mmap
+import os
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from collector.errors import CollectorError
 from collector.runtime import Runtime
@@ -32,29 +38,72 @@ class Bucket:
     updated: float
 
 
+def take_token(tokens: float, updated: float, now: float, rate: float, burst: float) -> tuple[float, float]:
+    """(tokens left, seconds to wait): the wait is 0 when a token was taken, else nothing was."""
+    tokens = min(burst, tokens + (now - updated) * rate)
+    if tokens >= 1:
+        return tokens - 1, 0.0
+    return tokens, (1 - tokens) / rate
+
+
+class SharedBuckets:
+    """Token buckets the workers of one server keep in one memory-mapped file: a 16-byte slot per
+    source (tokens, last update on the monotonic clock, which all processes share), each read and
+    written under a byte-range lock on its slot."""
+
+    SLOT = struct.Struct("dd")
+
+    def __init__(self, path: Path, keys: Iterable[str]) -> None:
+        self.slots = {key: index for index, key in enumerate(sorted(set(keys)))}  # the same in every worker
+        size = max(1, len(self.slots)) * self.SLOT.size
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)  # new bytes are zeros: an unused slot
+        self.memory = mmap.mmap(self.fd, size)
+
+    def wait_seconds(self, key: str, now: float, rate: float, burst: float) -> float:
+        offset = self.slots[key] * self.SLOT.size
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, self.SLOT.size, offset)
+        try:
+            tokens, updated = self.SLOT.unpack_from(self.memory, offset)
+            if updated == 0.0:  # first use of the slot
+                tokens, updated = burst, now
+            tokens, wait = take_token(tokens, updated, now, rate, burst)
+            self.SLOT.pack_into(self.memory, offset, tokens, now)
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, self.SLOT.size, offset)
+        return wait
+
+
 class RateLimiter:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, shared: SharedBuckets | None = None) -> None:
         self.clock = clock
+        self.shared = shared
         self.buckets: dict[str, Bucket] = {}
 
     def wait_seconds(self, key: str, rate: float, burst: float) -> float:
         """0 if a token was taken now, else how long until one is available (nothing taken)."""
         now = self.clock()
+        if self.shared is not None and key in self.shared.slots:
+            return self.shared.wait_seconds(key, now, rate, burst)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Bucket(burst, now)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.tokens, wait = take_token(bucket.tokens, bucket.updated, now, rate, burst)
         bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / rate
+        return wait
 
 
 def limiter_of(runtime: Runtime) -> RateLimiter:
     limiter = runtime.extras.get("rate_limiter")
     if limiter is None:
-        limiter = runtime.extras["rate_limiter"] = RateLimiter()
+        settings = runtime.settings
+        shared = None
+        if settings.workers_dir:
+            sources = {source.id for source in settings.write_keys.values()}
+            shared = SharedBuckets(Path(settings.workers_dir) / "rate-limits", sources)
+        limiter = runtime.extras["rate_limiter"] = RateLimiter(shared=shared)
     assert isinstance(limiter, RateLimiter)
     return limiter
 

@@ -55,9 +55,9 @@ SETTINGS = (
     ),
     Setting("public_url", "", "URL browsers reach this collector at (for /v1/projects/{key}/settings); empty = Host."),
     Setting(
-        "metrics_dir",
+        "workers_dir",
         "",
-        "Directory where the worker processes of one server pool their /metrics; `serve --workers N` makes one.",
+        "Directory the worker processes of one server share (/metrics, rate limits); `serve --workers N` makes one.",
     ),
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -100,7 +100,7 @@ class Settings:
     plans_dir: str = _DEFAULTS["plans_dir"]
     rate_limit: tuple[float, float] | None = None
     public_url: str = _DEFAULTS["public_url"]
-    metrics_dir: str = _DEFAULTS["metrics_dir"]
+    workers_dir: str = _DEFAULTS["workers_dir"]
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
     # Write keys are public (they ship in browser JS), so a plain lookup is fine.
     write_keys: Mapping[str, Source] = field(default_factory=dict)
@@ -266,7 +266,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
         plans_dir=_scalar("plans_dir", scalars.get("plans_dir", "")),
         rate_limit=default_rate,
         public_url=str(scalars.get("public_url", "")).rstrip("/"),
-        metrics_dir=_scalar("metrics_dir", scalars.get("metrics_dir", "")),
+        workers_dir=_scalar("workers_dir", scalars.get("workers_dir", "")),
         workspaces=workspaces,
         write_keys=write_keys,
         token_digests=tokens,

@@ -133,7 +133,7 @@ def test_unknown_types_are_counted_as_unknown_and_a_failing_observer_is_not_a_50
 def test_workers_pool_their_metrics_so_any_scrape_counts_every_event(tmp_path: Path, config_path: Path) -> None:
     pool = tmp_path / "pool"
     storage = f"sqlite:///{tmp_path / 'events.db'}"
-    node = start_server(tmp_path, config_path, storage, "--workers", "2", env={"COLLECTOR_METRICS_DIR": str(pool)})
+    node = start_server(tmp_path, config_path, storage, "--workers", "2", env={"COLLECTOR_WORKERS_DIR": str(pool)})
     try:
         sent = 60
         for number in range(sent):

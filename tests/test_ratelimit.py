@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import yaml
 
 from collector.errors import ConfigError
-from collector.ratelimit import RateLimiter
+from collector.ratelimit import RateLimiter, SharedBuckets
 from collector.settings import load, parse_rate_limit
-from tests.conftest import OTHER_KEY, WRITE_KEY, basic, config_doc, make_client, stored
+from tests.conftest import OTHER_KEY, WRITE_KEY, basic, config_doc, make_client, start_server, stored
 
 
 class FakeClock:
@@ -33,6 +35,40 @@ def test_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     clock.now += 100  # refills only up to the burst
     assert [limiter.wait_seconds("s", rate=2, burst=3) for _ in range(4)][-1] > 0
     assert limiter.wait_seconds("other", rate=2, burst=3) == 0  # buckets are per key
+
+
+def test_limiters_sharing_a_file_share_their_buckets(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first, second = (RateLimiter(clock, SharedBuckets(tmp_path / "buckets", ["s", "t"])) for _ in range(2))
+    assert [first.wait_seconds("s", rate=2, burst=3) for _ in range(2)] == [0, 0]
+    assert second.wait_seconds("s", rate=2, burst=3) == 0
+    assert second.wait_seconds("s", rate=2, burst=3) == pytest.approx(0.5)  # the first one took two of three
+    assert first.wait_seconds("s", rate=2, burst=3) == pytest.approx(0.5)
+    clock.now += 0.5
+    assert second.wait_seconds("s", rate=2, burst=3) == 0
+    assert first.wait_seconds("t", rate=2, burst=3) == 0  # one slot per source
+    assert first.wait_seconds("unlisted", rate=2, burst=1) == 0  # a key without a slot: a bucket of its own
+    assert second.wait_seconds("unlisted", rate=2, burst=1) == 0
+
+
+def test_workers_keep_one_limit_between_them(tmp_path: Path, config_path: Path) -> None:
+    shared = tmp_path / "shared"
+    env = {"COLLECTOR_WORKERS_DIR": str(shared), "COLLECTOR_RATE_LIMIT": "0.01:5"}  # 5 now, then one per 100 s
+    node = start_server(tmp_path, config_path, f"sqlite:///{tmp_path / 'events.db'}", "--workers", "2", env=env)
+    try:
+        statuses = []
+        for number in range(24):
+            with httpx.Client() as client:  # a connection each: the kernel spreads them over the workers
+                event = {"event": "E", "anonymousId": "a", "messageId": f"w-{number}"}
+                statuses.append(client.post(node.url + "/v1/t", json=event, headers=basic(WRITE_KEY)).status_code)
+    finally:
+        node.stop()  # each worker writes its final figures to the shared directory
+    assert statuses.count(200) == 5 and statuses.count(429) == 19, statuses
+    answered = []  # requests per worker (accepted + limited), from the figures the workers pooled
+    for path in shared.glob("*.json"):
+        state = json.loads(path.read_text())
+        answered.append(sum(e[-1] for e in state["events"]) + sum(c[-1] for c in state["counters"]))
+    assert sorted(answered)[0] > 0 and sum(answered) == 24, f"both workers must have answered: {answered}"
 
 
 def test_parse_rate_limit() -> None:
