@@ -7,7 +7,7 @@ import gc
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,8 @@ def create_app(settings: Settings) -> FrontDoor:
         finally:
             if pooling is not None and app_metrics.pool is not None:
                 pooling.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pooling
                 app_metrics.pool.publish()  # this worker's last figures stay in the pool
             restore_garbage_collector()
             runtime.ready = False
