@@ -2,6 +2,7 @@
 
     python loadtests/inprocess.py                   # single events and batches of 100: µs of CPU each
     python loadtests/inprocess.py --kind batch --profile 25   # and the 25 costliest functions (cProfile)
+    python loadtests/inprocess.py --baseline /tmp/main        # A/B: this checkout against another one
 
 The ASGIApp app is driven directly, `--concurrency` requests in flight at a time, against a real
 SQLite file with durable (FULL) commits, so the figures include the writer thread and group
@@ -23,6 +24,7 @@ import json
 import os
 import pstats
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,7 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--no-pin", action="store_true", help="run on every core instead of the first one")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of main): its collector is measured in alternating rounds,"
+        " each in a process of its own, and this checkout's CPU is printed as a ratio of its",
+    )
+    parser.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)  # whose `collector` to import
     args = parser.parse_args(argv)
+    if args.baseline:
+        return against_baseline(args)
+    if args.checkout:
+        sys.path.insert(0, str(args.checkout.resolve()))
     server_cores, _ = benchmark.cores()
     if server_cores and not args.no_pin:
         os.sched_setaffinity(0, server_cores)
@@ -202,6 +215,39 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['name']:10} {row['kind']:7} {row['requests']:8d} {row['failed']:6d}"
             f" {row['cpu_us_per_request']:11.1f} {row['cpu_us_per_event']:9.1f} {row['events_per_cpu_second']:13,.0f}"
         )
+    return 0
+
+
+def against_baseline(args: argparse.Namespace) -> int:
+    """Alternating single-round processes of this checkout and the baseline; the least CPU of each."""
+    checkouts = {"this": HERE.parent, "baseline": args.baseline.resolve()}
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}  # (checkout, kind, app) → row
+    for round_ in range(args.rounds):
+        for label in ("this", "baseline") if round_ % 2 == 0 else ("baseline", "this"):
+            command = [sys.executable, str(Path(__file__).resolve()), "--kind", args.kind, "--rounds", "1", "--json"]
+            command += ["--checkout", str(checkouts[label]), "--concurrency", str(args.concurrency)]
+            command += ["--requests", str(args.requests)] if args.requests else []
+            command += ["--no-pin"] if args.no_pin else []
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            for row in json.loads(done.stdout):
+                row["checkout"] = label
+                key = (label, row["kind"], row["name"])
+                if key not in best or row["cpu_us_per_request"] < best[key]["cpu_us_per_request"]:
+                    best[key] = row
+    ratios = {}
+    lines = []
+    for kind in sorted({kind for _, kind, _ in best}, reverse=True):
+        ours, theirs = best[("this", kind, "collector")], best[("baseline", kind, "collector")]
+        ratios[kind] = ours["cpu_us_per_event"] / theirs["cpu_us_per_event"]
+        bare = " / ".join(f"{best[(label, kind, 'bare')]['cpu_us_per_event']:.1f}" for label in ("this", "baseline"))
+        lines.append(
+            f"{kind:7} collector CPU µs/event: this {ours['cpu_us_per_event']:.1f}, baseline"
+            f" {theirs['cpu_us_per_event']:.1f} → {ratios[kind]:.3f}× (bare route {bare})"
+        )
+    if args.json:
+        print(json.dumps({"rows": list(best.values()), "cpu_ratio_to_baseline": ratios}, indent=2))
+    else:
+        print("\n".join(lines))
     return 0
 
 

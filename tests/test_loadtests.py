@@ -142,6 +142,25 @@ def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
         assert row["failed"] == 0 and row["cpu_us_per_request"] > 0, row
 
 
+def test_in_process_a_b_against_a_baseline_checkout(tmp_path: Path) -> None:
+    """This checkout as its own baseline: both sides run, in processes of their own, and are compared."""
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "inprocess.py"), "--kind", "single", "--requests", "40", "--rounds", "2"]
+        + ["--baseline", str(LOADTESTS.parent), "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert {(row["checkout"], row["name"]) for row in result["rows"]} == {
+        (checkout, name) for checkout in ("this", "baseline") for name in ("bare", "collector")
+    }
+    assert all(row["failed"] == 0 for row in result["rows"])
+    assert set(result["cpu_ratio_to_baseline"]) == {"single"} and result["cpu_ratio_to_baseline"]["single"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_ten_minutes_flat_memory_zero_failures(tmp_path: Path) -> None:
