@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -125,16 +126,21 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
         assert all(ratio > 0 for ratio in summary["against_baseline"].values())
 
 
-def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
+def run_in_process(tmp_path: Path, *args: str) -> Any:
+    """inprocess.py with `args` and --json: its parsed output."""
     done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "inprocess.py"), "--requests", "40", "--rounds", "1", "--json"],
+        [sys.executable, str(LOADTESTS / "inprocess.py"), *args, "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
+    rows = run_in_process(tmp_path, "--requests", "40", "--rounds", "1")
     assert {(row["name"], row["kind"]) for row in rows} == {
         (name, kind) for name in ("bare", "collector") for kind in ("single", "batch")
     }
@@ -144,16 +150,8 @@ def test_in_process_profiler_stores_every_request(tmp_path: Path) -> None:
 
 def test_in_process_a_b_against_a_baseline_checkout(tmp_path: Path) -> None:
     """This checkout as its own baseline: both sides run, in processes of their own, and are compared."""
-    done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "inprocess.py"), "--kind", "single", "--requests", "40", "--rounds", "2"]
-        + ["--baseline", str(LOADTESTS.parent), "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    args = ["--kind", "single", "--requests", "40", "--rounds", "2", "--baseline", str(LOADTESTS.parent)]
+    result = run_in_process(tmp_path, *args)
     assert {(row["checkout"], row["name"]) for row in result["rows"]} == {
         (checkout, name) for checkout in ("this", "baseline") for name in ("bare", "collector")
     }
