@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -136,15 +135,13 @@ def create_app(settings: Settings) -> FrontDoor:
             plans.start()
         runtime.ready = True
         quiet_garbage_collector()
-        pooling = asyncio.create_task(app_metrics.pool.publish_forever()) if app_metrics.pool else None
+        if app_metrics.pool is not None:
+            app_metrics.pool.start()
         try:
             yield
         finally:
-            if pooling is not None and app_metrics.pool is not None:
-                pooling.cancel()
-                with suppress(asyncio.CancelledError):
-                    await pooling
-                app_metrics.pool.publish()  # this worker's last figures stay in the pool
+            if app_metrics.pool is not None:
+                await app_metrics.pool.stop()
             restore_garbage_collector()
             runtime.ready = False
             if plans is not None:

@@ -22,6 +22,7 @@ import os
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from itertools import accumulate
 from math import inf as INF
 from pathlib import Path
@@ -237,6 +238,18 @@ class Pool:
         self.directory = directory
         self.state = state
         self.own = directory / f"{os.getpid()}.json"
+        self._publishing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._publishing = asyncio.create_task(self._publish_forever())
+
+    async def stop(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._publishing
+            self._publishing = None
+        self.publish()  # this worker's last figures stay in the pool
 
     def publish(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -255,7 +268,7 @@ class Pool:
                 continue
         return states
 
-    async def publish_forever(self) -> None:
+    async def _publish_forever(self) -> None:
         while True:
             try:
                 self.publish()
