@@ -4,12 +4,13 @@
     python loadtests/inprocess.py --kind batch --profile 25   # and the 25 costliest functions (cProfile)
     python loadtests/inprocess.py --baseline /tmp/main        # A/B: this checkout against another one
 
-The ASGIApp app is driven directly, `--concurrency` requests in flight at a time, against a real
+The ASGI app is driven directly, `--concurrency` requests in flight at a time, against a real
 SQLite file with durable (FULL) commits, so the figures include the writer thread and group
 commit, and the same is done for a bare Starlette route for scale. CPU time is the process's
 (every thread), measured with time.process_time(). Like benchmark.py it prints and asserts nothing;
-unlike it, it keeps the least CPU of several alternating rounds, which is repeatable to a few
-percent on a busy machine, so it is the tool for telling whether a change to the hot path helped.
+unlike it, it keeps the least CPU of several alternating rounds, which takes no load generator's
+noise. A busy VM still moves it (±15 % between runs of the same two commits was seen), so compare
+a change with --baseline, and more than once.
 Like the benchmark's servers, the process runs pinned to one core (when there are two or more):
 the event loop and the SQLite writer thread then hand over as they do in the benchmark. Unpinned,
 each hand-over crosses cores and costs several times more (`--no-pin` to see it).
@@ -198,13 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             count = args.requests or (4000 if kind == "single" else 200)
             best: dict[str, dict[str, Any]] = {}
-            for round_ in range(args.rounds):  # the least CPU is the cost least disturbed by the machine
+            for round_ in range(args.rounds):
                 for name in ("bare", "collector"):
                     app = benchmark.bare_app() if name == "bare" else collector_app(Path(tmp))
                     profile = args.profile if name == "collector" and round_ == 0 else 0
-                    row = asyncio.run(measure(name, app, kind, count, args.concurrency, profile))
-                    if name not in best or row["cpu_us_per_request"] < best[name]["cpu_us_per_request"]:
-                        best[name] = row
+                    keep_least(best, name, asyncio.run(measure(name, app, kind, count, args.concurrency, profile)))
             rows += [best["bare"], best["collector"]]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -216,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             f" {row['cpu_us_per_request']:11.1f} {row['cpu_us_per_event']:9.1f} {row['events_per_cpu_second']:13,.0f}"
         )
     return 0
+
+
+def keep_least(best: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> None:
+    """The least CPU of the rounds is the cost least disturbed by the machine."""
+    if key not in best or row["cpu_us_per_request"] < best[key]["cpu_us_per_request"]:
+        best[key] = row
 
 
 def against_baseline(args: argparse.Namespace) -> int:
@@ -231,9 +236,7 @@ def against_baseline(args: argparse.Namespace) -> int:
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             for row in json.loads(done.stdout):
                 row["checkout"] = label
-                key = (label, row["kind"], row["name"])
-                if key not in best or row["cpu_us_per_request"] < best[key]["cpu_us_per_request"]:
-                    best[key] = row
+                keep_least(best, (label, row["kind"], row["name"]), row)
     ratios = {}
     lines = []
     for kind in sorted({kind for _, kind, _ in best}, reverse=True):
