@@ -119,10 +119,15 @@ def stored_ids(node: Server, prefix: str = "") -> list[str]:
     """Every stored messageId, through the read-back API (duplicates would show twice)."""
     ids: list[str] = []
     cursor = None
+    deadline = time.monotonic() + 60
     with httpx.Client(timeout=60) as client:
         while True:
             params = {"limit": "1000"} | ({"cursor": cursor} if cursor else {})
             answer = client.get(node.url + "/v1/events", params=params, headers=bearer(ADMIN))
+            if answer.status_code == 503 and time.monotonic() < deadline:
+                # Storage says "retry" (e.g. a JetStream read right after a leader election): as a client would.
+                time.sleep(1)
+                continue
             assert answer.status_code == 200, answer.text
             page = answer.json()
             ids += [item["event"]["messageId"] for item in page["data"]]
