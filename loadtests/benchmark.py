@@ -6,6 +6,9 @@
 
 Scenarios, each against its own uvicorn process (one worker, uvloop + httptools, no access log):
   bare     a bare Starlette route that awaits request.body() and answers small JSON: the ceiling
+  durable  the same route, answering after a durable write of the body as one row through the
+           collector's own SQLite storage (group commit, FULL): the ceiling of any pipeline that
+           stores before it answers; what separates it from `single` is the pipeline's own work
   single   POST /v1/t, one ~1 KB analytics-next track event, the full pipeline, durable SQLite write
   batch    POST /v1/batch with 100 such events
   profile  POST /track/:userId, a trait merge on one of 1,000 existing users
@@ -229,9 +232,10 @@ def start_collector(
     return start(name, args, home, core_set, env)
 
 
-def start_bare(workdir: Path, core_set: set[int] | None, raw: bool = False) -> Process:
-    flag = "--serve-raw" if raw else "--serve-bare"
-    return start("raw" if raw else "bare", [sys.executable, str(Path(__file__).resolve()), flag], workdir, core_set, {})
+def start_bare(workdir: Path, core_set: set[int] | None, flavour: str = "bare") -> Process:
+    """flavour: raw | bare | durable (the module docstring says what each is)."""
+    args = [sys.executable, str(Path(__file__).resolve()), f"--serve-{flavour}"]
+    return start(flavour, args, workdir, core_set, {})
 
 
 def bare_app() -> Any:
@@ -255,6 +259,56 @@ def bare_app() -> Any:
 def serve_bare(port: int) -> None:
     """The same server stack as the collector, around bare_app()."""
     run_uvicorn(bare_app(), port)
+
+
+def durable_app(database: Path) -> Any:
+    """bare_app's route plus a durable write: the body stored as one row of the events table, with
+    the same writer, schema and group commit as the collector, before the answer. The row carries
+    the benchmark event's ids (a fresh messageId, its userId), so both indexes are updated as for
+    the collector's own rows. No parsing, validation or enrichment: whatever the collector does
+    beyond this costs its pipeline, not its storage."""
+    import itertools
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from collector.enrichment import format_micros, now_micros
+    from collector.storage.base import StoredEvent
+    from collector.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(f"sqlite:///{database}")
+    serials = itertools.count()
+    prefix = secrets.token_hex(8)
+
+    async def collect(request: Request) -> Response:
+        body = await request.body()
+        now = format_micros(now_micros())
+        message_id = f"{prefix}-{next(serials)}"
+        await storage.write(
+            [StoredEvent(WORKSPACE, "src_bench", message_id, "track", None, "AiUGstSDIg", None, now, now, body)]
+        )
+        return Response(b'{"success":true}', media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await storage.open()
+        yield
+        await storage.close()
+
+    routes = [Route(path, collect, methods=["POST"]) for path in ("/v1/t", "/v1/batch")]
+    return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
+
+
+def serve_durable(port: int) -> None:
+    sys.path.insert(0, str(ROOT))  # this checkout's collector package
+    run_uvicorn(durable_app(Path.cwd() / "durable.db"), port)
 
 
 def serve_raw(port: int) -> None:
@@ -579,8 +633,8 @@ def median(values: list[float]) -> float:
 @contextmanager
 def servers(
     bench: Bench, synchronous: str, baseline: Path | None = None
-) -> Iterator[tuple[Process, Process, Process, Process | None]]:
-    """raw, bare, this checkout's collector, and --baseline's collector (or None)."""
+) -> Iterator[tuple[Process, Process, Process, Process, Process | None]]:
+    """raw, bare, durable, this checkout's collector, and --baseline's collector (or None)."""
     with ExitStack() as stack:
 
         def stopped_at_exit(process: Process) -> Process:
@@ -588,21 +642,22 @@ def servers(
             return process
 
         cores = bench.server_cores
-        raw = stopped_at_exit(start_bare(bench.workdir, cores, raw=True))
+        raw = stopped_at_exit(start_bare(bench.workdir, cores, "raw"))
         bare = stopped_at_exit(start_bare(bench.workdir, cores))
+        durable = stopped_at_exit(start_bare(bench.workdir, cores, "durable"))
         collector = stopped_at_exit(start_collector(bench.workdir, cores, synchronous))
         base = None
         if baseline:
             base = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, baseline, "baseline"))
-        yield raw, bare, collector, base
+        yield raw, bare, durable, collector, base
 
 
 def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    order = ["raw", "bare", "single", "planned", "batch", "profile"]
+    order = ["raw", "bare", "durable", "single", "planned", "batch", "profile"]
     if args.baseline:  # each next to its counterpart, so the two meet the same machine
-        order = ["raw", "bare", "single", "single_base", "planned", "batch", "batch_base", "profile"]
+        order = ["raw", "bare", "durable", "single", "single_base", "planned", "batch", "batch_base", "profile"]
     results: dict[str, list[LoadResult]] = {name: [] for name in [*order, "paced"]}
-    with servers(bench, args.synchronous, args.baseline) as (raw, bare, collector, baseline):
+    with servers(bench, args.synchronous, args.baseline) as (raw, bare, durable, collector, baseline):
         users = create_users(collector.port, args.users)
 
         def scenario(name: str, duration: float) -> LoadSpec:
@@ -610,6 +665,8 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                 return single_spec(raw.port, bench.prefix(), args.connections, duration)
             if name == "bare":
                 return single_spec(bare.port, bench.prefix(), args.connections, duration)
+            if name == "durable":
+                return single_spec(durable.port, bench.prefix(), args.connections, duration)
             if name == "single":
                 return single_spec(collector.port, bench.prefix(), args.connections, duration)
             if name == "planned":
@@ -650,6 +707,7 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     labels = {
         "raw": "(0) uvicorn alone (raw ASGI, no framework)",
         "bare": "(1) bare Starlette body() route",
+        "durable": "(1b) bare route + durable SQLite write",
         "single": "(2) single event POST /v1/t",
         "planned": "(2b) single event, tracking plan active",
         "batch": f"(3) batch of {BATCH_SIZE}, POST /v1/batch",
@@ -746,15 +804,22 @@ def against_baseline(results: dict[str, list[LoadResult]], baseline: Path) -> di
 def print_budget(scenarios: dict[str, Any], target: float) -> None:
     """Where a single-event request's time goes at saturation (one core: time per request = CPU)."""
     raw_ratio, single_ratio = scenarios["raw"]["ratio_to_bare"], scenarios["single"]["ratio_to_bare"]
+    durable_ratio = scenarios["durable"]["ratio_to_bare"]
     bare_rate = scenarios["bare"]["median_rate"]
-    if not (raw_ratio and single_ratio and bare_rate):
+    if not (raw_ratio and single_ratio and durable_ratio and bare_rate):
         return
     bare_us = 1e6 / bare_rate
-    raw_us, single_us = bare_us / raw_ratio, bare_us / single_ratio
+    raw_us, durable_us, single_us = bare_us / raw_ratio, bare_us / durable_ratio, bare_us / single_ratio
+    allowed_us = bare_us / target
     print(
         f"budget per single-event request, from the median ratios: uvicorn alone {raw_us:.0f} µs, the bare route"
         f" {bare_us:.0f} µs, the collector {single_us:.0f} µs; {target:.2f}× of the bare route allows"
-        f" {bare_us / target - raw_us:.0f} µs of work above uvicorn, the collector uses {single_us - raw_us:.0f} µs"
+        f" {allowed_us - raw_us:.0f} µs of work above uvicorn, the collector uses {single_us - raw_us:.0f} µs"
+    )
+    print(
+        f"  the durable write alone (1b − 1) takes {durable_us - bare_us:.0f} µs, so {target:.2f}× leaves"
+        f" {allowed_us - durable_us:.0f} µs for parsing, validation and enrichment (the collector's pipeline uses"
+        f" {single_us - durable_us:.0f} µs); with this storage no pipeline can exceed {durable_ratio:.2f}×"
     )
 
 
@@ -766,7 +831,7 @@ def soak(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     chunk = min(30.0, args.soak)
     samples: list[tuple[float, float]] = []
     errors = requests = 0
-    with servers(bench, args.synchronous) as (_raw, _bare, collector, _baseline):
+    with servers(bench, args.synchronous) as (_raw, _bare, _durable, collector, _baseline):
         began = time.monotonic()
         while time.monotonic() - began < args.soak:
             single = single_spec(collector.port, bench.prefix(), 32, chunk, rate=args.soak_rate)
@@ -832,6 +897,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="single events/s (and as many batched)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-durable", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -848,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.serve_raw:
         serve_raw(args.port)
+        return 0
+    if args.serve_durable:
+        serve_durable(args.port)
         return 0
     if args.generate:
         generate_main(args.generate)

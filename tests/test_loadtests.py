@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "targets:" in done.stdout
     summary = json.loads(out.read_text())
-    for name in ("bare", "single", "batch", "profile", "paced"):
+    for name in ("bare", "durable", "single", "batch", "profile", "paced"):
         scenario = summary["scenarios"][name]
         assert scenario["requests"] > 0, (name, scenario)
         assert scenario["errors"] == 0, (name, scenario)
@@ -124,6 +125,28 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
             assert summary["scenarios"][name]["requests"] > 0 and summary["scenarios"][name]["errors"] == 0
         assert set(summary["against_baseline"]) == {"single", "batch"}
         assert all(ratio > 0 for ratio in summary["against_baseline"].values())
+
+
+def test_benchmark_durable_floor_stores_each_body_before_answering(tmp_path: Path) -> None:
+    """Scenario (1b) is only a floor if it really makes the collector's durable write: each 200
+    means the body is a row of the events table, readable from another connection."""
+    sys.path.insert(0, str(LOADTESTS))
+    import benchmark
+    from starlette.testclient import TestClient
+
+    database = tmp_path / "durable.db"
+    bodies = [json.dumps({"n": n}).encode() for n in range(5)]
+    with TestClient(benchmark.durable_app(database)) as client:
+        for body in bodies:
+            answer = client.post("/v1/t", content=body)
+            assert answer.status_code == 200 and answer.json() == {"success": True}
+            with sqlite3.connect(database) as reader:  # before the next request: stored before the answer
+                assert reader.execute("SELECT body FROM events ORDER BY position DESC LIMIT 1").fetchone() == (body,)
+    with sqlite3.connect(database) as reader:
+        rows = reader.execute("SELECT message_id, user_id, body FROM events ORDER BY position").fetchall()
+    assert [row[2] for row in rows] == bodies
+    assert len({row[0] for row in rows}) == len(bodies)  # a new messageId each: every request is an insert
+    assert {row[1] for row in rows} == {"AiUGstSDIg"}  # the benchmark event's userId: both indexes are updated
 
 
 def run_in_process(tmp_path: Path, *args: str) -> Any:
