@@ -12,7 +12,9 @@ Scenarios, each against its own uvicorn process (one worker, uvloop + httptools,
   single   POST /v1/t, one ~1 KB analytics-next track event, the full pipeline, durable SQLite write
   batch    POST /v1/batch with 100 such events
   profile  POST /track/:userId, a trait merge on one of 1,000 existing users
-  paced    `single` at 50 % of its measured maximum rate: the latency a half-loaded collector gives
+  paced    `single` at 50 % of its measured maximum rate: the latency a half-loaded collector gives;
+           `bare` and `durable` at the same rate, in the same rounds, show how much of that tail is
+           the machine's own and how much the durable write's
 
 Rounds interleave the scenarios (the order flips every round) so that drift on a shared machine
 hits A and B alike; ratios are taken per round and then their median is reported. The servers run
@@ -630,6 +632,23 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def flush_latency_ms(directory: Path, count: int = 200) -> tuple[float, float]:
+    """(p50, p99) of fdatasync after a 4 KB append in `directory`, as a durable commit makes: a
+    request at half load waits for one or two commits, so the paced tail follows the disk."""
+    path = directory / "flush-probe"
+    times = []
+    with path.open("wb") as file:
+        for _ in range(count):
+            file.write(os.urandom(4096))
+            file.flush()
+            began = time.perf_counter()
+            os.fdatasync(file.fileno())
+            times.append((time.perf_counter() - began) * 1000)
+    path.unlink()
+    times.sort()
+    return times[count // 2], times[int(count * 0.99)]
+
+
 @contextmanager
 def servers(
     bench: Bench, synchronous: str, baseline: Path | None = None
@@ -656,7 +675,8 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     order = ["raw", "bare", "durable", "single", "planned", "batch", "profile"]
     if args.baseline:  # each next to its counterpart, so the two meet the same machine
         order = ["raw", "bare", "durable", "single", "single_base", "planned", "batch", "batch_base", "profile"]
-    results: dict[str, list[LoadResult]] = {name: [] for name in [*order, "paced"]}
+    paced_order = ["paced", "paced_bare", "paced_durable"]
+    results: dict[str, list[LoadResult]] = {name: [] for name in [*order, *paced_order]}
     with servers(bench, args.synchronous, args.baseline) as (raw, bare, durable, collector, baseline):
         users = create_users(collector.port, args.users)
 
@@ -690,13 +710,17 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                     flush=True,
                 )
         target_rate = 0.5 * median([r.rate for r in results["single"]])
-        for _ in range(args.repeats):
-            paced = single_spec(collector.port, bench.prefix(), args.connections, args.duration, rate=target_rate)
-            results["paced"].append(bench.load(paced))
+        paced_ports = {"paced": collector.port, "paced_bare": bare.port, "paced_durable": durable.port}
+        for round_index in range(args.repeats):
+            for name in paced_order if round_index % 2 == 0 else list(reversed(paced_order)):
+                port = paced_ports[name]
+                paced = single_spec(port, bench.prefix(), args.connections, args.duration, rate=target_rate)
+                results[name].append(bench.load(paced))
+        flush_ms = flush_latency_ms(bench.workdir)
         rss = {"bare": bare.peak_rss_mb(), "collector": collector.peak_rss_mb()}
         if baseline:
             rss["baseline"] = baseline.peak_rss_mb()
-    return {"results": results, "rss": rss, "paced_rate": target_rate}
+    return {"results": results, "rss": rss, "paced_rate": target_rate, "flush_ms": flush_ms}
 
 
 def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -713,12 +737,18 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
         "batch": f"(3) batch of {BATCH_SIZE}, POST /v1/batch",
         "profile": "(4) profile merge POST /track/:id",
         "paced": f"(5) single at 50% of max ({outcome['paced_rate']:,.0f}/s)",
+        "paced_bare": "(5a) bare route at the same rate",
+        "paced_durable": "(5b) bare + durable write, same rate",
         "single_base": "(2) single event, --baseline checkout",
         "batch_base": "(3) batch, --baseline checkout",
     }
     for name, runs in results.items():
         rates = [r.rate for r in runs]
-        ratios = [r / b for r, b in zip(rates, bare_rates, strict=False) if b] if name not in ("bare", "paced") else []
+        ratios = (
+            [r / b for r, b in zip(rates, bare_rates, strict=False) if b]
+            if name != "bare" and not name.startswith("paced")
+            else []
+        )
         entry = {
             "median_rate": median(rates),
             "min_rate": min(rates, default=float("nan")),
@@ -780,6 +810,12 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
         summary["targets"]["batch_events_scaled"] = (scaled, want)
     p99, want = summary["targets"]["paced_p99_ms"]
     print(f"  p99 < {want:g} ms at 50% of max: {p99:.2f} ms → {'met' if p99 < want else 'NOT met'}")
+    print(
+        f"    at the same rate: the bare route {scenarios['paced_bare']['p99_ms']:.2f} ms (this machine's own tail),"
+        f" the bare route + durable write {scenarios['paced_durable']['p99_ms']:.2f} ms"
+    )
+    flush_p50, flush_p99 = summary["fdatasync_ms"] = outcome["flush_ms"]
+    print(f"    fdatasync of a 4 KB append on the database's disk: p50 {flush_p50:.2f} ms, p99 {flush_p99:.2f} ms")
     if bench.generator_name != "wrk":
         print("  (bundled generator: it may saturate before the server; install wrk for ceiling figures)")
     print_budget(scenarios, TARGETS["single_ratio"])

@@ -115,11 +115,12 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "targets:" in done.stdout
     summary = json.loads(out.read_text())
-    for name in ("bare", "durable", "single", "batch", "profile", "paced"):
+    for name in ("bare", "durable", "single", "batch", "profile", "paced", "paced_bare", "paced_durable"):
         scenario = summary["scenarios"][name]
         assert scenario["requests"] > 0, (name, scenario)
         assert scenario["errors"] == 0, (name, scenario)
     assert summary["peak_rss_mb"]["collector"] > 0
+    assert 0 < summary["fdatasync_ms"][0] <= summary["fdatasync_ms"][1]
     if baseline:
         for name in ("single_base", "batch_base"):
             assert summary["scenarios"][name]["requests"] > 0 and summary["scenarios"][name]["errors"] == 0
