@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> FrontDoor:
     runtime = Runtime(settings=settings, validators=validators, storage=storage, profiles=profile_store, plans=plans)
     app_metrics = metrics.install(runtime)  # times storage writes, counts intake
     debugger.install(runtime)  # live arrivals for /debugger
+    debugger_peers = debugger.peers_of(runtime)  # with --workers N: the other workers' arrivals
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -138,9 +139,13 @@ def create_app(settings: Settings) -> FrontDoor:
         quiet_garbage_collector()
         if app_metrics.pool is not None:
             app_metrics.pool.start()
+        if debugger_peers is not None:
+            await debugger_peers.start()
         try:
             yield
         finally:
+            if debugger_peers is not None:
+                await debugger_peers.stop()
             if app_metrics.pool is not None:
                 await app_metrics.pool.stop()
             restore_garbage_collector()

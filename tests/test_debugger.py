@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,7 +13,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector import debugger
-from tests.conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer
+from collector.metrics import Pool
+from tests.conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer, start_server
 
 
 def arrivals(body: str) -> list[tuple[int, dict[str, Any]]]:
@@ -56,7 +60,8 @@ def test_reconnect_replays_what_was_missed_with_errors_and_source(client: TestCl
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
     assert answer.text.startswith("retry: ")
     entries = arrivals(answer.text)
-    assert [i for i, _ in entries] == [1, 2, 3, 4]
+    ids = [i for i, _ in entries]
+    assert len(ids) == 4 and ids == sorted(set(ids))  # in order of arrival, each its own id
     valid, rejected, quarantined, other = (entry for _, entry in entries)
     assert valid["kind"] == "event" and valid["sourceId"] == "src_web"
     assert valid["message"]["event"] == "Seen" and valid["message"]["receivedAt"]  # as stored, enriched
@@ -67,8 +72,8 @@ def test_reconnect_replays_what_was_missed_with_errors_and_source(client: TestCl
 
     only_other = client.get("/debugger/stream", params={"token": ADMIN, "sourceId": "src_other", "lastEventId": "0"})
     assert [entry["sourceId"] for _, entry in arrivals(only_other.text)] == ["src_other"]
-    after_two = client.get("/debugger/stream", headers={**bearer(ADMIN), "Last-Event-ID": "2"})
-    assert [i for i, _ in arrivals(after_two.text)] == [3, 4]
+    after_two = client.get("/debugger/stream", headers={**bearer(ADMIN), "Last-Event-ID": str(ids[1])})
+    assert [i for i, _ in arrivals(after_two.text)] == ids[2:]
     fresh = client.get("/debugger/stream", headers=bearer(ADMIN))  # no id: only what arrives from now on
     assert arrivals(fresh.text) == []
 
@@ -81,7 +86,8 @@ def test_hub_drops_entries_for_a_stalled_subscriber_instead_of_blocking() -> Non
     hub.subscribers.add(stalled)
     for n in range(5):
         hub.publish("src", b'{"n":%d}' % n)
-    assert stalled.qsize() == 2 and [item[0] for item in hub.since(0)] == [1, 2, 3, 4, 5]
+    recent = [item[0] for item in hub.since(0)]
+    assert stalled.qsize() == 2 and len(recent) == 5 and recent == sorted(set(recent))
 
 
 def test_live_stream_from_a_real_process(server: Server) -> None:
@@ -99,3 +105,71 @@ def test_live_stream_from_a_real_process(server: Server) -> None:
     entry = orjson.loads(data[len("data: ") :])
     assert entry["kind"] == "event" and entry["message"]["userId"] == "live-1"
     assert entry["message"]["traits"] == {"a": 1}
+
+
+def next_arrivals(lines: Iterator[str], wanted: int) -> list[tuple[int, dict[str, Any]]]:
+    """Arrivals read off a stream's lines until `wanted` came or the stream ended."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    block: list[str] = []
+    for line in lines:
+        if line:
+            block.append(line)
+            continue
+        found += arrivals("\n".join(block))
+        block = []
+        if len(found) >= wanted:
+            break
+    return found
+
+
+def read_arrivals(url: str, wanted: int, headers: dict[str, str]) -> list[tuple[int, dict[str, Any]]]:
+    """Arrivals from a stream on a new connection."""
+    with httpx.Client(timeout=httpx.Timeout(15.0)) as http:
+        with http.stream("GET", f"{url}/debugger/stream", params={"token": ADMIN}, headers=headers) as stream:
+            assert stream.status_code == 200
+            return next_arrivals(stream.iter_lines(), wanted)
+
+
+def test_with_workers_every_stream_shows_every_workers_arrivals(tmp_path: Path, config_path: Path) -> None:
+    """A stream is served by one worker; the others' arrivals reach it through the workers directory,
+    and a reconnect replays what it missed whichever worker it lands on."""
+    pool = tmp_path / "pool"
+    storage = f"sqlite:///{tmp_path / 'events.db'}"
+    node = start_server(tmp_path, config_path, storage, "--workers", "2", env={"COLLECTOR_WORKERS_DIR": str(pool)})
+    sent = [f"live-{number}" for number in range(30)]
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(pool.glob("debug-*.sock"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(list(pool.glob("debug-*.sock"))) == 2, "each worker listens for its peers"
+        with httpx.Client(timeout=httpx.Timeout(15.0)) as http:
+            with http.stream("GET", f"{node.url}/debugger/stream", params={"token": ADMIN}) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("retry:")  # subscribed before anything is sent
+                for message_id in sent:
+                    with httpx.Client() as client:  # a connection each: the kernel spreads them over the workers
+                        event = {"event": "Live", "userId": "u", "messageId": message_id}
+                        assert (
+                            client.post(f"{node.url}/v1/track", json=event, headers=basic(WRITE_KEY)).status_code == 200
+                        )
+                seen: list[tuple[int, dict[str, Any]]] = []
+                block: list[str] = []
+                for line in lines:
+                    if line:
+                        block.append(line)
+                        continue
+                    seen += arrivals("\n".join(block))
+                    block = []
+                    if len(seen) >= len(sent):
+                        break
+        assert sorted(entry["message"]["messageId"] for _, entry in seen) == sorted(sent)  # each once
+        time.sleep(Pool.PUBLISH_SECONDS + 0.5)
+        per_worker = [sum(entry[-1] for entry in orjson.loads(p.read_bytes())["events"]) for p in pool.glob("*.json")]
+        assert all(0 < count < len(sent) for count in per_worker), f"one worker took every event: {per_worker}"
+
+        ids = sorted(entry_id for entry_id, _ in seen)
+        for _ in range(6):  # a new connection each time: the reconnect lands on either worker
+            replayed = read_arrivals(node.url, len(sent) - 10, {"Last-Event-ID": str(ids[9])})
+            assert sorted(entry_id for entry_id, _ in replayed) == ids[10:]
+    finally:
+        node.stop()
