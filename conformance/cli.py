@@ -1,7 +1,8 @@
-"""`conformance run | list | lint`.
+"""`conformance run | list | lint | compare`.
 
 Exit codes: 0 conformant (no FAIL, ERROR or XPASS, run complete); 1 conformance failures;
 2 usage, configuration or case-file errors, or a target unreachable before any case ran.
+`compare`: 0, or 1 with --fail-on-regression when a later run regressed; 2 for unreadable input.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def parser() -> argparse.ArgumentParser:
 
     linter = commands.add_parser("lint", help="check the case files")
     linter.add_argument("--spec-dir", type=Path, help="the spec/ directory (default: found next to the kit)")
+
+    comparer = commands.add_parser("compare", help="a matrix of verdicts across runs (the first is the baseline)")
+    comparer.add_argument(
+        "runs", nargs="+", metavar="[NAME=]RUN", help="a results.json or its report directory, optionally named"
+    )
+    comparer.add_argument("--all", action="store_true", help="every case, not only those whose verdicts differ")
+    comparer.add_argument("--markdown", type=Path, help="also write the matrix as a Markdown table to this file")
+    comparer.add_argument(
+        "--fail-on-regression", action="store_true", help="exit 1 when a case the first run passes fails in another"
+    )
     return top
 
 
@@ -140,6 +151,24 @@ def command_lint(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from conformance.compare import CompareError, compare, load_run, render_markdown, render_text
+
+    try:
+        runs = [load_run(argument) for argument in args.runs]
+    except CompareError as exc:
+        print(f"conformance compare: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    if len({run.name for run in runs}) < len(runs):
+        print("conformance compare: two runs share a name; name them: NAME=PATH", file=sys.stderr)
+        return USAGE_ERROR
+    matrix = compare(runs, every_case=args.all)
+    print(render_text(runs, matrix), end="")
+    if args.markdown:
+        args.markdown.write_text(render_markdown(runs, matrix), encoding="utf-8")
+    return 1 if args.fail_on_regression and matrix["regressions"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -147,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(args)
         if args.command == "list":
             return command_list(args)
+        if args.command == "compare":
+            return command_compare(args)
         return command_lint(args)
     except CaseFileError as exc:
         print(f"conformance: case file error: {exc}", file=sys.stderr)

@@ -22,7 +22,18 @@ from conformance.casefile import load_cases
 from conformance.lint import find_spec_dir, lint
 from conformance.reports import validate_results
 from conformance.template import Renderer
-from conftest import ADMIN, OTHER_TOKEN, ROOT, TOKEN, WRITE_KEY, Server, free_port, start_server, write_config
+from conftest import (
+    ADMIN,
+    OTHER_TOKEN,
+    QUARANTINE_KEY,
+    ROOT,
+    TOKEN,
+    WRITE_KEY,
+    Server,
+    free_port,
+    start_server,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +348,44 @@ def test_reference_reaches_strict_on_real_backends(backend: str, tmp_path: Path)
         if nats is not None:
             nats.remove()
         postgres.remove()
+
+
+def test_compare_shows_where_runs_differ_and_fails_on_a_regression(reference: Server, tmp_path: Path) -> None:
+    """Two real runs of the same cases: a source that rejects invalid messages (the baseline) and
+    one that quarantines them, so its answers to invalid bodies are 200 instead of 400."""
+    reports = {}
+    for name, key in (("reject", WRITE_KEY), ("quarantine", QUARANTINE_KEY)):
+        reports[name] = tmp_path / name
+        args = ["run", "--target", reference.url, "--write-key", key, "--cases", "track.*"]
+        kit(*args, "--report-dir", str(reports[name]))
+        assert (reports[name] / "results.json").exists()
+    verdicts = {
+        name: {c["id"]: c["verdict"] for c in json.loads((path / "results.json").read_text())["cases"]}
+        for name, path in reports.items()
+    }
+    regressed = sorted(c for c, v in verdicts["reject"].items() if v == "PASS" and verdicts["quarantine"][c] == "FAIL")
+    assert regressed, "a quarantine source answers some negative case differently"
+    assert "track.reject.missing-event" in regressed
+
+    markdown = tmp_path / "matrix.md"
+    runs = [f"reject={reports['reject']}", f"quarantine={reports['quarantine'] / 'results.json'}"]
+    done = kit("compare", *runs, "--markdown", str(markdown), "--fail-on-regression")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"regressions against reject: {len(regressed)}" in done.stdout
+    for case_id in regressed:
+        assert f"  {case_id}: PASS → FAIL in quarantine" in done.stdout
+    matrix_rows = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("track.")]
+    same = [c for c in verdicts["reject"] if verdicts["reject"][c] == verdicts["quarantine"][c]]
+    assert set(matrix_rows) == set(verdicts["reject"]) - set(same)  # only the cases that differ
+    assert "| `track.reject.missing-event` | PASS | FAIL |" in markdown.read_text()
+
+    same_run = kit("compare", f"a={reports['reject']}", f"b={reports['reject']}", "--fail-on-regression")
+    assert same_run.returncode == 0 and "no regressions against a" in same_run.stdout
+    every = kit("compare", f"a={reports['reject']}", f"b={reports['reject']}", "--all")
+    assert sum(line.startswith("track.") for line in every.stdout.splitlines()) == len(verdicts["reject"])
+
+    (tmp_path / "not-results.json").write_text('{"cases": []}')
+    broken = kit("compare", str(reports["reject"]), str(tmp_path / "not-results.json"))
+    assert broken.returncode == 2 and "not a conformance results document" in broken.stderr
+    unnamed = kit("compare", str(reports["reject"]), str(reports["reject"]))
+    assert unnamed.returncode == 2 and "NAME=PATH" in unnamed.stderr
