@@ -41,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--workers", type=int, default=4)
     runner.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     runner.add_argument("--settle", type=float, default=2.0, help="seconds to wait for a late write (diagnosis)")
+    runner.add_argument(
+        "--consistency",
+        choices=["immediate", "eventual"],
+        default="immediate",
+        help="eventual: stored checks judge what is there after --settle s; readable at once becomes a SHOULD",
+    )
     runner.add_argument("--report-dir", type=Path, default=Path("conformance-report"))
 
     lister = commands.add_parser("list", help="list the cases")
@@ -98,6 +104,7 @@ def command_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         timeout=args.timeout,
         settle=args.settle,
+        consistency=args.consistency,
     )
     try:
         results = run(cases, options)

@@ -47,6 +47,7 @@ class RunOptions:
     workers: int = 4
     timeout: float = 10.0
     settle: float = 2.0
+    consistency: str = "immediate"  # or "eventual": stored checks judge what is there after `settle`
     run_id: str = ""
 
     def features(self) -> set[str]:
@@ -58,6 +59,8 @@ class RunOptions:
             declared.add("second_workspace")
         if "inspect" in self.profiles and (self.inspect_url or self.inspect_adapter):
             declared.add("read_back")
+            if self.consistency == "eventual":
+                declared.add("eventual_consistency")  # recorded in results.json's features
         return declared
 
 
@@ -141,7 +144,8 @@ def run_case(
             exchanges.append(exchange)
             send(client, exchange, content, meta)
             for check in step.checks:
-                result = evaluate(check, exchange, renderer, read_back, options.settle)
+                eventual = options.consistency == "eventual"
+                result = evaluate(check, exchange, renderer, read_back, options.settle, eventual)
                 result.step = number
                 results.append(result)
             for name, path in step.save.items():

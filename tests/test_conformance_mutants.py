@@ -17,7 +17,10 @@ from conformance.casefile import Case, load_cases, select
 from conformance.engine import RunOptions, run
 from conftest import ADMIN, OTHER_TOKEN, TOKEN, WRITE_KEY, write_config
 
-CAUGHT = ("FAIL", "NON_STRICT")  # a SHOULD case is caught when the mutant makes it NON_STRICT
+CAUGHT = ("FAIL", "NON_STRICT")
+MUTANTS_BY_NAME = {
+    mutant.name: mutant for mutant in MUTANTS
+}  # a SHOULD case is caught when the mutant makes it NON_STRICT
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +124,39 @@ def test_known_failing_failure_is_xfail_and_keeps_the_run_conformant(farm: Mutan
     assert [c["verdict"] for c in broken["cases"]] == ["XFAIL"]
     assert broken["conformant"] is True
     assert broken["level"] == "None"  # a known failure still withholds the level
+
+
+def test_declared_eventual_consistency_makes_a_late_write_a_should_and_still_catches_loss(
+    farm: MutantFarm, cases: list[Case]
+) -> None:
+    """--consistency eventual: the write that lands 1.5 s after its 200 misses a SHOULD (NON_STRICT,
+    still conformant), while a 200 that stores nothing and a stored duplicate are still FAILs."""
+    late = MUTANTS_BY_NAME["ack_before_persist"]
+    chosen = select(cases, list(late.must_fail), [])
+
+    def eventual_run(mutant: str, selected: list[Case]) -> dict[str, Any]:
+        options = RunOptions(
+            target=farm.urls[mutant],
+            write_key=WRITE_KEY,
+            profiles=("core", "inspect"),
+            inspect_url=farm.urls[mutant],
+            inspect_token=ADMIN,
+            workers=6,
+            settle=2.5,  # past the mutant's 1.5 s delay
+            consistency="eventual",
+        )
+        return run(selected, options)
+
+    results = eventual_run("ack_before_persist", chosen)
+    assert "eventual_consistency" in results["features"]
+    assert {c["id"]: c["verdict"] for c in results["cases"]} == {c.id: "NON_STRICT" for c in chosen}
+    assert results["conformant"] is True and results["level"] == "Core+Inspect"
+    for case in results["cases"]:
+        late_checks = [c for c in case["checks"] if c["kind"] == "stored" and c["outcome"] == "fail"]
+        assert late_checks and all(c["level"] == "SHOULD" for c in late_checks), case["id"]
+        assert all("readable only after the answer" in c["note"] for c in late_checks)
+
+    lost = eventual_run("store_nothing", select(cases, ["store.readable-after-2xx", "track.accept.minimal"], []))
+    assert [c["verdict"] for c in lost["cases"]] == ["FAIL", "FAIL"]
+    duplicated = eventual_run("no_dedupe", select(cases, ["store.dedupe-resend"], []))
+    assert [c["verdict"] for c in duplicated["cases"]] == ["FAIL"]
