@@ -328,8 +328,10 @@ def document() -> dict[str, Any]:
             "security": ADMIN_AUTH,
             "parameters": [
                 query("workspaceId", "Only in this workspace."),
+                query("messageId", "Only the message with this messageId."),
                 query("limit", "1-1000 (default 100)", {"type": "integer", "minimum": 1, "maximum": 1000}),
                 query("cursor", "meta.nextCursor of the previous page"),
+                query("wait", "Seconds (<= 30) to wait for a match", {"type": "number", "minimum": 0, "maximum": 30}),
             ],
             "responses": {"200": json_body(ref("EventPage"), "Quarantined messages."), **errors("400", "401")},
         }

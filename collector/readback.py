@@ -141,7 +141,10 @@ async def list_quarantine(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     require_admin(request.headers.get("authorization"), runtime.settings)
     limit = int_param(request, "limit", 100, 1, 1000)
-    page = await runtime.storage.read_quarantine(
-        request.query_params.get("workspaceId"), decode_cursor(request.query_params.get("cursor")), limit
+    params = request.query_params
+    workspace_id, message_id = params.get("workspaceId"), params.get("messageId")
+    after = decode_cursor(params.get("cursor"))
+    page = await _poll(
+        lambda: runtime.storage.read_quarantine(workspace_id, after, limit, message_id), wait_param(request)
     )
     return json_response({"data": page.items, "meta": {"limit": limit, "nextCursor": encode_cursor(page.next_after)}})

@@ -189,6 +189,10 @@ def test_quarantine_is_kept_apart(url: str) -> None:
         assert kept["errors"][0]["pointer"] == "/event"
         assert kept["event"] == {"type": "track", "messageId": "q1"}
         assert (await store.read_quarantine(WS2, 0, 10)).items == []
+        await store.write([], [bad._replace(message_id="q2", body=b'{"type":"track","messageId":"q2"}')])
+        by_id = await store.read_quarantine(None, 0, 10, message_id="q2")  # what `GET /v1/quarantine?messageId=` reads
+        assert [kept["event"]["messageId"] for kept in by_id.items] == ["q2"]
+        assert (await store.read_quarantine(WS, 0, 10, message_id="absent")).items == []
         assert [i["event"]["messageId"] for i in await all_events(store)] == ["ok1"]
 
     run(url, scenario)

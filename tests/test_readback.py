@@ -11,7 +11,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ADMIN, TOKEN, WRITE_KEY, basic, bearer, make_client
+from conftest import ADMIN, QUARANTINE_KEY, TOKEN, WRITE_KEY, basic, bearer, make_client
 
 ADMIN_AUTH = bearer(ADMIN)
 
@@ -74,6 +74,19 @@ def test_wait_holds_the_answer_until_the_event_arrives(client: TestClient) -> No
     assert answer.status_code == 200 and answer.json()["event"]["messageId"] == "late"
     assert time.monotonic() - began >= 0.25
     assert client.get("/v1/events/never", params={"wait": 0.2}, headers=ADMIN_AUTH).status_code == 404
+
+
+def test_quarantine_by_message_id_with_wait(client: TestClient) -> None:
+    """What the conformance kit's quarantine cases read: one message by id, waiting for it."""
+    for message_id in ("q-one", "q-two"):
+        invalid = {"type": "track", "userId": "u", "messageId": message_id}  # no event
+        assert client.post("/v1/track", json=invalid, headers=basic(QUARANTINE_KEY)).status_code == 200
+    answer = client.get("/v1/quarantine", params={"messageId": "q-two", "wait": 1}, headers=ADMIN_AUTH)
+    (kept,) = answer.json()["data"]
+    assert kept["messageId"] == "q-two" and kept["errors"][0]["pointer"] == "/event"
+    began = time.monotonic()
+    missing = client.get("/v1/quarantine", params={"messageId": "never", "wait": 0.3}, headers=ADMIN_AUTH)
+    assert missing.json()["data"] == [] and time.monotonic() - began >= 0.25
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,9 @@ class Storage(Protocol):
 
     async def read_events(self, query: EventQuery) -> EventPage: ...
 
-    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage: ...
+    async def read_quarantine(
+        self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
+    ) -> EventPage: ...
 
 
 @runtime_checkable

@@ -270,11 +270,15 @@ class NATSStorage:
 
         return await self._scan(self.stream, subject, query.after, query.limit, render)
 
-    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+    async def read_quarantine(
+        self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
+    ) -> EventPage:
         subject = f"{self.prefix}_quarantine.{subject_token(workspace_id) if workspace_id else '*'}"
 
-        def render(msg: Msg) -> dict[str, Any]:
+        def render(msg: Msg) -> dict[str, Any] | None:
             kept = orjson.loads(msg.data)
+            if message_id is not None and kept["messageId"] != message_id:
+                return None
             return {
                 "workspaceId": msg.subject.split(".")[-1],
                 "sourceId": kept["sourceId"],

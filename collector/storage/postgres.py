@@ -270,11 +270,14 @@ class PostgresStorage:
         rows = await self._fetch(sql, [*params, query.limit + 1])
         return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
 
-    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+    async def read_quarantine(
+        self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
+    ) -> EventPage:
         sql = "SELECT position, workspace_id, source_id, body::text, errors::text, message_id, received_at"
         sql += " FROM quarantine WHERE position > %s" + (" AND workspace_id = %s" if workspace_id else "")
-        sql += " ORDER BY position LIMIT %s"
-        rows = await self._fetch(sql, [after, *([workspace_id] if workspace_id else []), limit + 1])
+        sql += (" AND message_id = %s" if message_id is not None else "") + " ORDER BY position LIMIT %s"
+        params: list[Any] = [after, *([workspace_id] if workspace_id else [])]
+        rows = await self._fetch(sql, [*params, *([message_id] if message_id is not None else []), limit + 1])
         return _page(
             rows,
             limit,

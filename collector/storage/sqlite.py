@@ -372,10 +372,14 @@ class SQLiteStorage:
         rows = await self._read(lambda conn: conn.execute(sql, [*params, query.limit + 1]).fetchall())
         return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
 
-    async def read_quarantine(self, workspace_id: str | None, after: int, limit: int) -> EventPage:
+    async def read_quarantine(
+        self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
+    ) -> EventPage:
         sql = "SELECT position, workspace_id, source_id, body, errors, message_id, received_at FROM quarantine"
-        sql += " WHERE position > ?" + (" AND workspace_id = ?" if workspace_id else "") + " ORDER BY position LIMIT ?"
-        params: list[Any] = [after, *([workspace_id] if workspace_id else []), limit + 1]
+        sql += " WHERE position > ?" + (" AND workspace_id = ?" if workspace_id else "")
+        sql += (" AND message_id = ?" if message_id is not None else "") + " ORDER BY position LIMIT ?"
+        params: list[Any] = [after, *([workspace_id] if workspace_id else [])]
+        params += [*([message_id] if message_id is not None else []), limit + 1]
         rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
         return _page(
             rows,
