@@ -6,7 +6,8 @@ Check kinds (exactly one per check, beside `level`):
   body_json: <value>                     the JSON body equals this value exactly
   json: {path, equals|contains|exists|absent|matches|type|startswith}
   header: {name, exists|absent|equals|matches}
-  stored: {by, value, count, fields: {dotted.path: matcher}}     needs read-back
+  stored: {by, where, value, count, fields: {dotted.path: matcher}}     needs read-back
+          where: events (default) | quarantine (what a quarantine source kept aside, by messageId)
   observe: header.NAME | json.PATH       recorded only (INFORMATIONAL)
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -245,9 +247,16 @@ def judge_stored(
         result.note = "skipped: no read-back capability declared (profile inspect)"
         return
     by, value, count = spec.get("by", "messageId"), str(spec["value"]), int(spec.get("count", 1))
-    found = read_back.fetch(by, value, 0)
+    reader = read_back
+
+    def fetch(wait: float) -> list[dict[str, Any]]:
+        if spec.get("where") == "quarantine":
+            return reader.fetch_quarantined(value, wait)
+        return reader.fetch(by, value, wait)
+
+    found = fetch(0)
     if eventual:
-        judge_settled(result, spec, exchange, read_back, settle, found)
+        judge_settled(result, spec, exchange, fetch, settle, found)
         return
     answered_2xx = exchange.status is not None and 200 <= exchange.status < 300
     if count > 0 and len(found) < count and not answered_2xx:
@@ -260,7 +269,7 @@ def judge_stored(
     if count > 0 and len(found) < count:
         # "A 2xx means durably stored": a 2xx'd event must be readable at once. Look again
         # after settling only to tell "stored late" from "never stored" in the report.
-        later = read_back.fetch(by, value, settle)
+        later = fetch(settle)
         result.actual = {"count": len(found), "countAfterSettle": len(later)}
         result.passed = False
         result.note = (
@@ -276,16 +285,16 @@ def judge_settled(
     result: CheckResult,
     spec: dict[str, Any],
     exchange: Exchange,
-    read_back: ReadBack,
+    fetch: Callable[[float], list[dict[str, Any]]],
     settle: float,
     at_once: list[dict[str, Any]],
 ) -> None:
     """Eventually consistent read-back (declared with --consistency eventual): what is stored
     after `settle` seconds is judged, so a late write or a late duplicate still counts. An event
     a 2xx answered that was not readable at once misses a SHOULD instead of a MUST."""
-    by, value, count = spec.get("by", "messageId"), str(spec["value"]), int(spec.get("count", 1))
+    count = int(spec.get("count", 1))
     time.sleep(settle)
-    settled = read_back.fetch(by, value, 0)
+    settled = fetch(0)
     judge_found(result, spec, exchange, settled)
     answered_2xx = exchange.status is not None and 200 <= exchange.status < 300
     if result.passed and answered_2xx and len(at_once) < count:

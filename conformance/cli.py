@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--write-key", required=True, help="a write key of a dedicated test source")
     runner.add_argument("--token", help="profile-API bearer token (enables the `profiles` feature)")
     runner.add_argument("--other-token", help="a token of a second workspace (enables `second_workspace`)")
+    runner.add_argument(
+        "--quarantine-write-key", help="a write key of a source quarantining invalid messages (enables `quarantine`)"
+    )
     runner.add_argument("--profile", default="core", help="comma-separated: core,inspect (default core)")
     runner.add_argument("--inspect-url", help="base URL of the read-back API (GET /v1/events)")
     runner.add_argument("--inspect-token", help="bearer token for the read-back API")
@@ -96,6 +99,7 @@ def command_run(args: argparse.Namespace) -> int:
         write_key=args.write_key,
         token=args.token,
         other_token=args.other_token,
+        quarantine_write_key=args.quarantine_write_key,
         profiles=profiles,
         inspect_url=args.inspect_url,
         inspect_token=args.inspect_token,

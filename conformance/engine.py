@@ -39,6 +39,7 @@ class RunOptions:
     write_key: str
     token: str | None = None
     other_token: str | None = None
+    quarantine_write_key: str | None = None
     profiles: tuple[str, ...] = ("core",)
     inspect_url: str | None = None
     inspect_token: str | None = None
@@ -59,6 +60,8 @@ class RunOptions:
             declared.add("second_workspace")
         if "inspect" in self.profiles and (self.inspect_url or self.inspect_adapter):
             declared.add("read_back")
+            if self.quarantine_write_key:
+                declared.add("quarantine")
             if self.consistency == "eventual":
                 declared.add("eventual_consistency")  # recorded in results.json's features
         return declared
@@ -130,7 +133,7 @@ def run_case(
         record["reason"] = reason
         return record
     began = time.monotonic()
-    credentials = Credentials(options.write_key, options.token, options.other_token)
+    credentials = Credentials(options.write_key, options.token, options.other_token, options.quarantine_write_key)
     secrets = secrets_of(credentials)
     renderer = Renderer(options.run_id, case.id, options.write_key)
     results: list[CheckResult] = []

@@ -9,6 +9,11 @@ Two forms, a vendor picks one (or neither, and inspect cases are SKIPPED):
 - Python adapter: `--inspect-adapter module:attribute`, an object (or class, instantiated
   without arguments) with `fetch(field, value, wait) -> list[dict]`, reading the vendor's
   database or warehouse directly. `field` is "messageId" or "userId".
+
+Quarantine cases (feature `quarantine`) also read what a quarantine source kept aside, by
+messageId: `GET {inspect_url}/v1/quarantine?messageId=…&wait=S`, answering
+`{"data": [{"messageId", "errors", "event", …}]}`, or the adapter's
+`fetch_quarantined(message_id, wait) -> list[dict]` with the same items.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class ReadBackError(Exception):
 class ReadBack(Protocol):
     def fetch(self, field: str, value: str, wait: float) -> list[dict[str, Any]]: ...
 
+    def fetch_quarantined(self, message_id: str, wait: float) -> list[dict[str, Any]]: ...
+
 
 class HttpReadBack:
     def __init__(self, client: httpx.Client, base_url: str, token: str | None) -> None:
@@ -34,24 +41,30 @@ class HttpReadBack:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def fetch(self, field: str, value: str, wait: float) -> list[dict[str, Any]]:
-        params = {field: value, "wait": f"{wait:g}", "limit": "100"}
-        try:
-            answer = self.client.get(
-                f"{self.base_url}/v1/events", params=params, headers=self.headers, timeout=wait + 10
-            )
-        except httpx.HTTPError as exc:
-            raise ReadBackError(f"read-back request failed: {exc!r}") from None
-        if answer.status_code != 200:
-            raise ReadBackError(f"read-back answered {answer.status_code}: {answer.text[:300]}")
-        try:
-            document = answer.json()
-        except ValueError:
-            raise ReadBackError("read-back answer is not JSON") from None
+        document = self._get("/v1/events", {field: value, "wait": f"{wait:g}", "limit": "100"}, wait)
         if isinstance(document, dict) and isinstance(document.get("data"), list):
             return [item["event"] if isinstance(item, dict) and "event" in item else item for item in document["data"]]
         if isinstance(document, dict) and isinstance(document.get("events"), list):
             return list(document["events"])
         raise ReadBackError("read-back answer has neither `data` nor `events`")
+
+    def fetch_quarantined(self, message_id: str, wait: float) -> list[dict[str, Any]]:
+        document = self._get("/v1/quarantine", {"messageId": message_id, "wait": f"{wait:g}", "limit": "100"}, wait)
+        if isinstance(document, dict) and isinstance(document.get("data"), list):
+            return list(document["data"])
+        raise ReadBackError("quarantine read-back answer has no `data` list")
+
+    def _get(self, path: str, params: dict[str, str], wait: float) -> Any:
+        try:
+            answer = self.client.get(f"{self.base_url}{path}", params=params, headers=self.headers, timeout=wait + 10)
+        except httpx.HTTPError as exc:
+            raise ReadBackError(f"read-back request failed: {exc!r}") from None
+        if answer.status_code != 200:
+            raise ReadBackError(f"read-back answered {answer.status_code}: {answer.text[:300]}")
+        try:
+            return answer.json()
+        except ValueError:
+            raise ReadBackError("read-back answer is not JSON") from None
 
 
 class AdapterReadBack:
@@ -70,3 +83,12 @@ class AdapterReadBack:
         except Exception as exc:  # a broken adapter must not look like a FAIL of the target
             raise ReadBackError(f"adapter failed: {exc!r}") from None
         return list(found)
+
+    def fetch_quarantined(self, message_id: str, wait: float) -> list[dict[str, Any]]:
+        method = getattr(self.adapter, "fetch_quarantined", None)
+        if not callable(method):
+            raise ReadBackError("the adapter has no fetch_quarantined(message_id, wait) for quarantine cases")
+        try:
+            return list(method(message_id, wait))
+        except Exception as exc:
+            raise ReadBackError(f"adapter failed: {exc!r}") from None

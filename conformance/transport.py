@@ -31,6 +31,7 @@ class Credentials:
     write_key: str
     token: str | None = None
     other_token: str | None = None
+    quarantine_write_key: str | None = None  # a source that quarantines invalid messages
 
 
 @dataclass
@@ -119,6 +120,10 @@ def secrets_of(credentials: Credentials) -> dict[str, str]:
         found[credentials.token] = "$TOKEN"
     if credentials.other_token:
         found[credentials.other_token] = "$OTHER_TOKEN"
+    if credentials.quarantine_write_key:
+        key = credentials.quarantine_write_key
+        found[key] = "$QUARANTINE_WRITE_KEY"
+        found[base64.b64encode(f"{key}:".encode()).decode()] = '$(printf %s "$QUARANTINE_WRITE_KEY:" | base64 -w0)'
     return found
 
 
@@ -180,6 +185,8 @@ def build(
         headers["Authorization"] = basic(f"{key}:")
     elif auth == "basic-no-colon":
         headers["Authorization"] = basic(key)
+    elif auth == "basic-quarantine":
+        headers["Authorization"] = basic(f"{credentials.quarantine_write_key}:")
     elif auth == "basic-unknown":
         headers["Authorization"] = basic(f"{unknown}:")
     elif auth == "basic-malformed":

@@ -212,6 +212,14 @@ class LateStore(StoreProxy):
         return WriteResult(stored=len(events), duplicates=0, quarantined=len(quarantined or ()))
 
 
+class QuarantineLosingStore(StoreProxy):
+    """Answers a quarantine source's invalid messages 200 but keeps nothing aside."""
+
+    async def write(self, events: list[StoredEvent], quarantined: Any = None) -> WriteResult:
+        result = await self.inner.write(events, [])
+        return result._replace(quarantined=len(quarantined or ()))
+
+
 class NoDedupeStore(StoreProxy):
     """Stores a re-sent messageId again (under a shadow key, so the table allows it)."""
 
@@ -663,6 +671,12 @@ MUTANTS: list[Mutant] = [
         "answers 200 before the events are written (written 1.5 s later)",
         ("store.readable-after-2xx", "track.accept.minimal", "enrich.context-ip-added", "paths.accept.track"),
         wrap_storage(LateStore),
+    ),
+    Mutant(
+        "quarantine_lost",
+        "a quarantine source answers invalid messages 200 and keeps nothing aside",
+        ("quarantine.*",),
+        wrap_storage(QuarantineLosingStore),
     ),
     Mutant(
         "no_enrichment",

@@ -68,6 +68,8 @@ def full_run(server: Server, report: Path, *extra: str) -> list[str]:
         TOKEN,
         "--other-token",
         OTHER_TOKEN,
+        "--quarantine-write-key",
+        QUARANTINE_KEY,
         "--profile",
         "core,inspect",
         "--inspect-url",
@@ -97,7 +99,7 @@ def test_reference_collector_reaches_strict_on_core_and_inspect(reference: Serve
     assert not_passed == {}
     assert results["level"] == "Strict"
     assert results["complete"] is True
-    assert set(results["features"]) == {"profiles", "second_workspace", "read_back"}
+    assert set(results["features"]) == {"profiles", "second_workspace", "read_back", "quarantine"}
     assert len(results["cases"]) == len(load_cases()) >= 150
     # junit: one testsuite per case file, one testcase per case id.
     suites = ET.parse(report / "junit.xml").getroot().findall("testsuite")

@@ -15,7 +15,7 @@ from mutants import MUTANTS, Mutant, MutantFarm, Secrets
 
 from conformance.casefile import Case, load_cases, select
 from conformance.engine import RunOptions, run
-from conftest import ADMIN, OTHER_TOKEN, TOKEN, WRITE_KEY, write_config
+from conftest import ADMIN, OTHER_TOKEN, QUARANTINE_KEY, TOKEN, WRITE_KEY, write_config
 
 CAUGHT = ("FAIL", "NON_STRICT")
 MUTANTS_BY_NAME = {
@@ -43,6 +43,7 @@ def run_against(url: str, chosen: list[Case]) -> dict[str, Any]:
         write_key=WRITE_KEY,
         token=TOKEN,
         other_token=OTHER_TOKEN,
+        quarantine_write_key=QUARANTINE_KEY,
         profiles=("core", "inspect"),
         inspect_url=url,
         inspect_token=ADMIN,
