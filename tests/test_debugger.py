@@ -149,19 +149,9 @@ def test_with_workers_every_stream_shows_every_workers_arrivals(tmp_path: Path, 
                 for message_id in sent:
                     with httpx.Client() as client:  # a connection each: the kernel spreads them over the workers
                         event = {"event": "Live", "userId": "u", "messageId": message_id}
-                        assert (
-                            client.post(f"{node.url}/v1/track", json=event, headers=basic(WRITE_KEY)).status_code == 200
-                        )
-                seen: list[tuple[int, dict[str, Any]]] = []
-                block: list[str] = []
-                for line in lines:
-                    if line:
-                        block.append(line)
-                        continue
-                    seen += arrivals("\n".join(block))
-                    block = []
-                    if len(seen) >= len(sent):
-                        break
+                        answer = client.post(f"{node.url}/v1/track", json=event, headers=basic(WRITE_KEY))
+                        assert answer.status_code == 200
+                seen = next_arrivals(lines, len(sent))
         assert sorted(entry["message"]["messageId"] for _, entry in seen) == sorted(sent)  # each once
         time.sleep(Pool.PUBLISH_SECONDS + 0.5)
         per_worker = [sum(entry[-1] for entry in orjson.loads(p.read_bytes())["events"]) for p in pool.glob("*.json")]
