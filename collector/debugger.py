@@ -56,9 +56,9 @@ class DebugHub:
     """Fan-out of arrivals to the open streams (and to peer workers that follow this one), plus
     the recent ones for reconnects."""
 
-    def __init__(self, tag: int | None = None) -> None:
+    def __init__(self) -> None:
         self.recent: deque[Entry] = deque(maxlen=RING_SIZE)
-        self.tag = os.getpid() % ID_STEP if tag is None else tag
+        self.tag = os.getpid() % ID_STEP
         self.last_id = 0
         self.subscribers: set[asyncio.Queue[Entry]] = set()  # this worker's open streams
         self.feeds: set[asyncio.Queue[Entry]] = set()  # peers following this worker's own arrivals

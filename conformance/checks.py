@@ -247,7 +247,7 @@ def judge_stored(
         result.note = "skipped: no read-back capability declared (profile inspect)"
         return
     by, value, count = spec.get("by", "messageId"), str(spec["value"]), int(spec.get("count", 1))
-    reader = read_back
+    reader = read_back  # not None from here on, also inside fetch()
 
     def fetch(wait: float) -> list[dict[str, Any]]:
         if spec.get("where") == "quarantine":

@@ -41,7 +41,8 @@ class Run:
 
 
 def load_run(argument: str) -> Run:
-    """`[NAME=]PATH`, PATH a results.json or the report directory holding one."""
+    """`[NAME=]PATH`, PATH a results.json or the report directory holding one; the name defaults
+    to that directory's name (runs of one target before and after a change share its URL)."""
     name, _, raw = argument.rpartition("=")
     path = Path(raw)
     if path.is_dir():
@@ -55,7 +56,7 @@ def load_run(argument: str) -> Run:
         raise CompareError(f"{path} is not JSON: {exc}") from None
     except jsonschema.ValidationError as exc:
         raise CompareError(f"{path} is not a conformance results document: {exc.message}") from None
-    return Run(name or results["target"], path, results)
+    return Run(name or path.resolve().parent.name, path, results)
 
 
 def compare(runs: list[Run], every_case: bool = False) -> dict[str, Any]:

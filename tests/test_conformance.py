@@ -389,5 +389,7 @@ def test_compare_shows_where_runs_differ_and_fails_on_a_regression(reference: Se
     (tmp_path / "not-results.json").write_text('{"cases": []}')
     broken = kit("compare", str(reports["reject"]), str(tmp_path / "not-results.json"))
     assert broken.returncode == 2 and "not a conformance results document" in broken.stderr
+    by_directory = kit("compare", str(reports["reject"]), str(reports["quarantine"]))  # same target URL
+    assert by_directory.stdout.startswith("reject: level Core") and "\nquarantine: level None" in by_directory.stdout
     unnamed = kit("compare", str(reports["reject"]), str(reports["reject"]))
     assert unnamed.returncode == 2 and "NAME=PATH" in unnamed.stderr
