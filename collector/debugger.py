@@ -40,7 +40,7 @@ RING_SIZE = 500  # entries kept for reconnecting streams
 QUEUE_SIZE = 1000  # per subscriber; a subscriber that falls further behind misses entries
 ID_STEP = 1000  # ids are µs × ID_STEP + a worker tag: the same order in every worker, no clashes
 # (id, source id, JSON in parts joined only if someone reads it, the peer it came from or None)
-Entry = tuple[int, str, tuple[bytes, ...], int | None]
+Entry = tuple[int, str, tuple[bytes, ...], str | None]
 log = logging.getLogger("collector")
 
 
@@ -84,7 +84,7 @@ class DebugHub:
         for queue in self.feeds:
             _put(queue, items)
 
-    def take_in(self, entry_id: int, source_id: str, body: bytes, peer: int) -> None:
+    def take_in(self, entry_id: int, source_id: str, body: bytes, peer: str) -> None:
         """An arrival at a peer worker: kept and streamed here, not passed on to other peers."""
         if entry_id in self.imported:
             return
@@ -124,14 +124,16 @@ class DebugPeers:
 
     SCAN_SECONDS = 1.0  # how soon a worker that (re)started is followed
 
-    def __init__(self, hub: DebugHub, directory: Path) -> None:
+    def __init__(self, hub: DebugHub, directory: Path, name: str | None = None) -> None:
         self.hub = hub
         self.directory = directory
-        self.own = directory / f"debug-{os.getpid()}.sock"
+        self.own = directory / f"debug-{name or os.getpid()}.sock"  # name: two in one process (tests)
         self.watchers = 0
         self._server: asyncio.AbstractServer | None = None
         self._feeding: set[asyncio.Task[Any]] = set()  # serving the peers connected to this worker
         self._gathering: asyncio.Task[None] | None = None
+        self._gathered_after = 0  # what the peers were asked for when following began
+        self._replays: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -160,13 +162,16 @@ class DebugPeers:
         assert task is not None
         self._feeding.add(task)
         try:
-            line = await reader.readline()
-            after = int(line) if line.strip().isdigit() else self.hub.now_id()
+            asked, _, once = (await reader.readline()).strip().partition(b" ")
+            after = int(asked) if asked.isdigit() else self.hub.now_id()
             sent = set()
             for item in self.hub.since(after):
                 if item[3] is None:  # its own arrivals only: the peer follows every worker itself
                     writer.write(_line(item))
                     sent.add(item[0])
+            if once:  # "<after> once": what the ring holds, then the end
+                await writer.drain()
+                return
             while True:
                 await writer.drain()
                 item = await queue.get()
@@ -187,6 +192,13 @@ class DebugPeers:
         self.watchers += 1
         if self._gathering is None:
             self._gathering = asyncio.create_task(self._gather(after))
+            self._gathered_after = after
+        elif after < self._gathered_after:
+            # A second stream reaching further back than the first (two tabs, a late reconnect):
+            # the peers' entries from before this worker followed them are asked for once.
+            replay = asyncio.create_task(self._replay(after))
+            self._replays.add(replay)
+            replay.add_done_callback(self._replays.discard)
 
     async def unwatch(self) -> None:
         self.watchers -= 1
@@ -194,11 +206,15 @@ class DebugPeers:
             await self._stop_gathering()
 
     async def _stop_gathering(self) -> None:
-        if self._gathering is not None:
-            self._gathering.cancel()
+        for task in [*self._replays, *([self._gathering] if self._gathering else [])]:
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await self._gathering
-            self._gathering = None
+                await task
+        self._gathering = None
+
+    async def _replay(self, after: int) -> None:
+        peers = [path for path in self.directory.glob("debug-*.sock") if path != self.own]
+        await asyncio.gather(*(self._follow(path, after, {}, once=True) for path in peers))
 
     async def _gather(self, after: int) -> None:
         following: dict[Path, asyncio.Task[None]] = {}
@@ -215,14 +231,14 @@ class DebugPeers:
                 task.cancel()
             await asyncio.gather(*following.values(), return_exceptions=True)
 
-    async def _follow(self, path: Path, after: int, last_seen: dict[Path, int]) -> None:
+    async def _follow(self, path: Path, after: int, last_seen: dict[Path, int], once: bool = False) -> None:
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
         except OSError:
             return  # a worker that has gone (its socket is left after a crash); scanned again later
-        peer = int(path.stem.removeprefix("debug-"))
+        peer = path.stem
         try:
-            writer.write(b"%d\n" % after)
+            writer.write(b"%d once\n" % after if once else b"%d\n" % after)
             while line := await reader.readline():
                 entry_id, source_id, body = line.rstrip(b"\n").split(b"\t", 2)
                 last_seen[path] = int(entry_id)
@@ -300,7 +316,8 @@ async def stream(request: Request) -> Response:
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if item[0] not in replayed and wanted in (None, item[1]):
+                # (item[0] > after: entries another stream asked the peers to replay are not for this one)
+                if item[0] > after and item[0] not in replayed and wanted in (None, item[1]):
                     yield frame(item)
         finally:
             hub.subscribers.discard(queue)

@@ -163,3 +163,44 @@ def test_with_workers_every_stream_shows_every_workers_arrivals(tmp_path: Path, 
             assert sorted(entry_id for entry_id, _ in replayed) == ids[10:]
     finally:
         node.stop()
+
+
+def test_a_stream_reaching_further_back_than_the_followed_one_gets_the_peers_older_entries(tmp_path: Path) -> None:
+    """Two workers' hubs in one process. A already follows B for a fresh stream when a second
+    stream on A asks for older entries (another tab, a late reconnect): B's are replayed to it."""
+    import asyncio
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        hub_a, hub_b = debugger.DebugHub(), debugger.DebugHub()
+        peers_a = debugger.DebugPeers(hub_a, tmp_path, name="a")
+        peers_b = debugger.DebugPeers(hub_b, tmp_path, name="b")
+        await peers_a.start()
+        await peers_b.start()
+        try:
+            for n in range(3):  # no stream open anywhere: B keeps these to itself
+                hub_b.publish("src", b'{"n":%d}' % n)
+            await asyncio.sleep(0.01)
+            fresh: asyncio.Queue[debugger.Entry] = asyncio.Queue()
+            hub_a.subscribers.add(fresh)
+            peers_a.watch(hub_a.now_id())  # the first stream: from now on
+            older: asyncio.Queue[debugger.Entry] = asyncio.Queue()
+            hub_a.subscribers.add(older)
+            peers_a.watch(0)  # the second stream: everything
+            hub_b.publish("src", b'{"n":"live"}')
+            got: list[bytes] = []
+            while len(got) < 4:
+                got.append(b"".join((await asyncio.wait_for(older.get(), 5))[2]))
+            await asyncio.sleep(0.2)
+            live = []
+            while not fresh.empty():  # the first stream gets live entries (frames() drops those older than it)
+                live.append(b"".join(fresh.get_nowait()[2]))
+            await peers_a.unwatch()
+            await peers_a.unwatch()
+            return got, live
+        finally:
+            await peers_a.stop()
+            await peers_b.stop()
+
+    got, live = asyncio.run(scenario())
+    assert sorted(got) == sorted([b'{"n":0}', b'{"n":1}', b'{"n":2}', b'{"n":"live"}'])
+    assert b'{"n":"live"}' in live
