@@ -242,20 +242,28 @@ def start_bare(workdir: Path, core_set: set[int] | None, flavour: str = "bare") 
 
 def bare_app() -> Any:
     """The ceiling: a Starlette route that does nothing but read the body (also inprocess.py's)."""
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
-    from starlette.routing import Route
 
     async def collect(request: Request) -> Response:
         await request.body()
         return Response(b'{"success":true}', media_type="application/json")
 
+    return event_route_app(collect)
+
+
+def event_route_app(collect: Callable[..., Any], lifespan: Any = None) -> Any:
+    """A Starlette app with `collect` on the benchmark's event paths, and /health for start()."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     routes = [Route(path, collect, methods=["POST"]) for path in ("/v1/t", "/v1/batch")]
-    return Starlette(routes=[*routes, Route("/health", health)])
+    return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
 
 
 def serve_bare(port: int) -> None:
@@ -273,10 +281,8 @@ def durable_app(database: Path) -> Any:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
-    from starlette.routing import Route
 
     from collector.enrichment import format_micros, now_micros
     from collector.storage.base import StoredEvent
@@ -295,17 +301,13 @@ def durable_app(database: Path) -> Any:
         )
         return Response(b'{"success":true}', media_type="application/json")
 
-    async def health(request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
-
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         await storage.open()
         yield
         await storage.close()
 
-    routes = [Route(path, collect, methods=["POST"]) for path in ("/v1/t", "/v1/batch")]
-    return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
+    return event_route_app(collect, lifespan)
 
 
 def serve_durable(port: int) -> None:
