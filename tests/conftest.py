@@ -29,6 +29,7 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 
 WRITE_KEY = "WK_TEST"  # the key the captures in shared/reference/captures were recorded with
 QUARANTINE_KEY = "WK_QUARANTINE"
+STRICT_KEY = "WK_STRICT"  # a source that rejects quality violations (qualityEnforcement: reject)
 OTHER_KEY = "WK_OTHER"
 WORKSPACE = "ws_TestWorkspace001"
 OTHER_WORKSPACE = "ws_OtherWorkspace02"
@@ -52,6 +53,12 @@ def config_doc(**overrides: Any) -> dict[str, Any]:
                         "name": "Quarantining",
                         "writeKeys": [QUARANTINE_KEY],
                         "invalidMessages": "quarantine",
+                    },
+                    {
+                        "id": "src_strict",
+                        "name": "Strict",
+                        "writeKeys": [STRICT_KEY],
+                        "qualityEnforcement": "reject",
                     },
                 ],
             },
