@@ -50,6 +50,7 @@ class Case:
     field: str | None = None
     differs: list[str] = dataclasses.field(default_factory=list)
     schema: str | None = None
+    basis: str = "segment"  # an inspect case checks what this profile promises (segment or collector)
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def checks(self) -> list[dict[str, Any]]:
@@ -90,7 +91,7 @@ def merge_request(defaults: dict[str, Any], request: dict[str, Any]) -> dict[str
         if key != "headers":
             merged[key] = value
     # A body form given by the case replaces the default's body form.
-    body_forms = ("body", "body_raw", "body_file")
+    body_forms = ("body", "body_raw", "body_bytes", "body_file")
     given = [form for form in body_forms if form in request]
     if given:
         for form in body_forms:
@@ -116,7 +117,7 @@ def build_case(document: dict[str, Any], entry: dict[str, Any], file_name: str) 
         suite=document["suite"],
         file=file_name,
         spec=entry["spec"],
-        profile=entry.get("profile", "core"),
+        profile=entry["profile"],
         requires=entry.get("requires", document.get("requires", [])),
         tags=entry.get("tags", []),
         status=entry.get("status", "stable"),
@@ -126,6 +127,7 @@ def build_case(document: dict[str, Any], entry: dict[str, Any], file_name: str) 
         field=entry.get("field"),
         differs=entry.get("differs", []),
         schema=entry.get("schema", document.get("schema")),
+        basis=entry.get("basis", "segment"),
         raw=entry,
     )
 

@@ -9,6 +9,9 @@ Check kinds (exactly one per check, beside `level`):
   stored: {by, where, value, count, fields: {dotted.path: matcher}}     needs read-back
           where: events (default) | quarantine (what a quarantine source kept aside, by messageId)
   observe: header.NAME | json.PATH       recorded only (INFORMATIONAL)
+
+A check may name a `profile` (collector): it is judged only when that profile is claimed, so one
+case states both what Segment documents and what this project's stricter spec adds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from conformance.template import Renderer
 from conformance.transport import Exchange
 
 MISSING = object()
+ABSENT = "absent"  # how the report shows a field that is not there (not [] or null)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class CheckResult:
     passed: bool | None = None  # None: skipped (capability not declared)
     note: str = ""
     step: int = 0
+    profile: str | None = None
     details: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,11 +54,12 @@ class CheckResult:
             "actual": self.actual,
             "outcome": "skipped" if self.passed is None else ("pass" if self.passed else "fail"),
             "note": self.note,
+            "profile": self.profile,
         }
 
 
 def check_kind(check: dict[str, Any]) -> str:
-    kinds = [key for key in check if key not in ("level", "why")]
+    kinds = [key for key in check if key not in ("level", "why", "profile")]
     return kinds[0]
 
 
@@ -190,14 +196,18 @@ def evaluate(
     read_back: ReadBack | None,
     settle: float,
     eventual: bool = False,
+    claimed: tuple[str, ...] = ("segment", "collector", "inspect"),
 ) -> CheckResult:
     """Judge one check; raises ReadBackError when the capability itself fails. `eventual`: the
-    target declared eventually consistent read-back (see judge_stored)."""
+    target declared eventually consistent read-back (see judge_stored). A check of a profile not
+    in `claimed` is skipped."""
     level = check.get("level", "MUST")
     kind = check_kind(check)
     spec = renderer.render(check[kind])
-    result = CheckResult(level, kind, spec)
-    if kind == "status":
+    result = CheckResult(level, kind, spec, profile=check.get("profile"))
+    if result.profile and result.profile not in claimed:
+        result.note = f"skipped: profile {result.profile} not claimed"
+    elif kind == "status":
         allowed = spec["in"] if isinstance(spec, dict) else [spec]
         result.actual = exchange.status
         result.passed = exchange.status in allowed
@@ -206,7 +216,7 @@ def evaluate(
         result.passed = exchange.is_json and same_json(exchange.json, spec)
     elif kind == "json":
         found = select(exchange.json, spec["path"]) if exchange.is_json else []
-        result.actual = found if len(found) != 1 else found[0]
+        result.actual = ABSENT if not found else (found if len(found) != 1 else found[0])
         matcher = {k: v for k, v in spec.items() if k != "path"}
         if "contains" in matcher:
             result.passed = any(same_json(item, matcher["contains"]) for item in found)
@@ -216,7 +226,7 @@ def evaluate(
             result.passed = all(match_value(matcher, item, {})[0] for item in found)
     elif kind == "header":
         value = exchange.response_headers.get(spec["name"].lower(), MISSING)
-        result.actual = None if value is MISSING else value
+        result.actual = ABSENT if value is MISSING else value
         matcher = {k: v for k, v in spec.items() if k != "name"}
         result.passed, result.note = match_value(matcher, value, {})
     elif kind == "observe":
@@ -325,7 +335,7 @@ def judge_found(result: CheckResult, spec: dict[str, Any], exchange: Exchange, f
     actual_fields = {}
     for path, matcher in spec.get("fields", {}).items():
         actual = dotted(event, path)
-        actual_fields[path] = None if actual is MISSING else actual
+        actual_fields[path] = ABSENT if actual is MISSING else actual
         ok, why = match_value(matcher, actual, context)
         if not ok:
             failures.append(f"{path}: {why} (stored: {'absent' if actual is MISSING else repr(actual)[:200]})")

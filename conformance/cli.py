@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from conformance import KIT_VERSION
 from conformance.casefile import CaseFileError, load_cases, select
-from conformance.engine import PROFILES, RunOptions, Unreachable, exit_code, run
-from conformance.reports import write_all
+from conformance.engine import PROFILES, RunOptions, Unreachable, claimed_profiles, exit_code, run
+from conformance.reports import summarize, write_all
 from conformance.verdicts import read_known_failing
 
 USAGE_ERROR = 2
@@ -34,7 +35,15 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument(
         "--quarantine-write-key", help="a write key of a source quarantining invalid messages (enables `quarantine`)"
     )
-    runner.add_argument("--profile", default="core", help="comma-separated: core,inspect (default core)")
+    runner.add_argument(
+        "--strict-write-key",
+        help="a write key of a source rejecting quality violations (qualityEnforcement: reject): quality_reject",
+    )
+    runner.add_argument(
+        "--profile",
+        default="segment",
+        help="comma-separated claims: segment (always), collector, inspect (default segment; core = segment,collector)",
+    )
     runner.add_argument("--inspect-url", help="base URL of the read-back API (GET /v1/events)")
     runner.add_argument("--inspect-token", help="bearer token for the read-back API")
     runner.add_argument("--inspect-adapter", help="module:attribute with fetch(field, value, wait) -> list[dict]")
@@ -49,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
         choices=["immediate", "eventual"],
         default="immediate",
         help="eventual: stored checks judge what is there after --settle s; readable at once becomes a SHOULD",
+    )
+    runner.add_argument(
+        "--reuse-connections",
+        action="store_true",
+        help="send every case over shared keep-alive connections (default: each case opens its own)",
     )
     runner.add_argument("--report-dir", type=Path, default=Path("conformance-report"))
 
@@ -73,12 +87,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    profiles = tuple(p.strip() for p in args.profile.split(",") if p.strip())
-    unknown = [p for p in profiles if p not in PROFILES]
-    if unknown:
-        print(
-            f"conformance: unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}", file=sys.stderr
-        )
+    try:
+        profiles = claimed_profiles([p.strip() for p in args.profile.split(",") if p.strip()])
+    except ValueError as exc:
+        print(f"conformance: {exc}", file=sys.stderr)
         return USAGE_ERROR
     if "inspect" in profiles and not (args.inspect_url or args.inspect_adapter):
         print("conformance: --profile inspect needs --inspect-url or --inspect-adapter", file=sys.stderr)
@@ -100,6 +112,7 @@ def command_run(args: argparse.Namespace) -> int:
         token=args.token,
         other_token=args.other_token,
         quarantine_write_key=args.quarantine_write_key,
+        strict_write_key=args.strict_write_key,
         profiles=profiles,
         inspect_url=args.inspect_url,
         inspect_token=args.inspect_token,
@@ -109,6 +122,7 @@ def command_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         settle=args.settle,
         consistency=args.consistency,
+        reuse_connections=args.reuse_connections,
     )
     try:
         results = run(cases, options)
@@ -118,9 +132,13 @@ def command_run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exc:
         print(f"conformance: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    paths = write_all(results, args.report_dir)
+    paths = write_all(results, args.report_dir, options.attachments)
     counts = ", ".join(f"{verdict} {count}" for verdict, count in results["counts"].items())
     print(f"level: {results['level']}  ({counts})")
+    summary = summarize(results)
+    print(summary["inspected"])
+    for item in summary["fixFirst"]:
+        print(f"fix first, {item['area']} ({len(item['cases'])}): {item['sentence']}")
     for case in results["cases"]:
         if case["verdict"] in ("FAIL", "ERROR", "XPASS"):
             print(f"  {case['verdict']:6} {case['id']}: {case['reason'][:300]}")
@@ -134,7 +152,14 @@ def command_list(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    {"id": c.id, "title": c.title, "profile": c.profile, "status": c.status, "requires": c.requires}
+                    {
+                        "id": c.id,
+                        "title": c.title,
+                        "profile": c.profile,
+                        "basis": c.basis if c.profile == "inspect" else c.profile,
+                        "status": c.status,
+                        "requires": c.requires,
+                    }
                     for c in cases
                 ],
                 indent=1,
@@ -143,8 +168,9 @@ def command_list(args: argparse.Namespace) -> int:
     else:
         for case in cases:
             extra = f" requires={','.join(case.requires)}" if case.requires else ""
-            print(f"{case.id:60} {case.profile:8} {case.status:9}{extra}  {case.title}")
-        print(f"{len(cases)} cases")
+            print(f"{case.id:60} {case.profile:9} {case.status:9}{extra}  {case.title}")
+        counts = Counter(case.profile for case in cases)
+        print(f"{len(cases)} cases (" + ", ".join(f"{name} {counts[name]}" for name in PROFILES) + ")")
     return 0
 
 

@@ -26,7 +26,21 @@ from conformance.template import Renderer, iso
 from conformance.transport import Credentials, Exchange, build, secrets_of, send
 from conformance.verdicts import BAD, apply_known_failing, is_known, judge, level
 
-PROFILES = ("core", "inspect")
+PROFILES = ("segment", "collector", "inspect")
+# `core` was the one answer profile before `segment` and `collector` split it: it claims both.
+ALIASES = {"core": ("segment", "collector")}
+
+
+def claimed_profiles(names: list[str]) -> tuple[str, ...]:
+    """The profiles a --profile list claims, in PROFILES order. `segment` is always claimed: the
+    collector spec is stricter than Segment's, and inspect reads back what one of them promises."""
+    wanted = {"segment"}
+    for name in names:
+        wanted.update(ALIASES.get(name, (name,)))
+    unknown = sorted(wanted - set(PROFILES))
+    if unknown:
+        raise ValueError(f"unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
+    return tuple(p for p in PROFILES if p in wanted)
 
 
 class Unreachable(Exception):
@@ -40,7 +54,8 @@ class RunOptions:
     token: str | None = None
     other_token: str | None = None
     quarantine_write_key: str | None = None
-    profiles: tuple[str, ...] = ("core",)
+    strict_write_key: str | None = None  # a source that rejects quality violations (feature quality_reject)
+    profiles: tuple[str, ...] = ("segment",)
     inspect_url: str | None = None
     inspect_token: str | None = None
     inspect_adapter: str | None = None
@@ -49,7 +64,14 @@ class RunOptions:
     timeout: float = 10.0
     settle: float = 2.0
     consistency: str = "immediate"  # or "eventual": stored checks judge what is there after `settle`
+    reuse_connections: bool = False  # default: every case opens its own connection
     run_id: str = ""
+    # Exact request bodies of failed cases, by file name, for the report directory (replayed with
+    # curl --data-binary @file); filled by run().
+    attachments: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.profiles = claimed_profiles(list(self.profiles))
 
     def features(self) -> set[str]:
         """Capabilities this run declares; a case requiring another one is SKIPPED."""
@@ -58,6 +80,8 @@ class RunOptions:
             declared.add("profiles")
         if self.token and self.other_token:
             declared.add("second_workspace")
+        if self.strict_write_key:
+            declared.add("quality_reject")
         if "inspect" in self.profiles and (self.inspect_url or self.inspect_adapter):
             declared.add("read_back")
             if self.quarantine_write_key:
@@ -95,9 +119,11 @@ def make_read_back(options: RunOptions, client: httpx.Client) -> ReadBack | None
 
 def skip_reason(case: Case, options: RunOptions, declared: set[str]) -> str | None:
     if case.profile not in options.profiles:
-        return f"profile {case.profile} not selected (--profile)"
+        return f"profile {case.profile} not claimed (--profile {case.profile})"
     if case.profile == "inspect" and "read_back" not in declared:
         return "profile inspect needs a read-back capability (--inspect-url or --inspect-adapter)"
+    if case.profile == "inspect" and case.basis not in options.profiles:
+        return f"checks what the {case.basis} profile promises, which is not claimed (--profile {case.basis})"
     missing = [feature for feature in case.requires if feature not in declared]
     if missing:
         return "requires " + ", ".join(missing) + " (not declared)"
@@ -111,6 +137,7 @@ def case_record(case: Case) -> dict[str, Any]:
         "suite": case.suite,
         "file": case.file,
         "profile": case.profile,
+        "basis": case.basis if case.profile == "inspect" else case.profile,
         "status": case.status,
         "polarity": case.polarity,
         "tags": case.tags,
@@ -124,6 +151,11 @@ def case_record(case: Case) -> dict[str, Any]:
     }
 
 
+def new_client(options: RunOptions) -> httpx.Client:
+    limits = httpx.Limits(max_connections=max(4, options.workers * 2))
+    return httpx.Client(timeout=options.timeout, limits=limits, follow_redirects=False)
+
+
 def run_case(
     case: Case, options: RunOptions, client: httpx.Client, read_back: ReadBack | None, declared: set[str]
 ) -> dict[str, Any]:
@@ -132,8 +164,20 @@ def run_case(
     if reason:
         record["reason"] = reason
         return record
+    if options.reuse_connections:
+        return run_steps(case, options, client, read_back, record)
+    # Its own connection: an unread body or a broken connection left by one case cannot fail the next.
+    with new_client(options) as own:
+        return run_steps(case, options, own, read_back, record)
+
+
+def run_steps(
+    case: Case, options: RunOptions, client: httpx.Client, read_back: ReadBack | None, record: dict[str, Any]
+) -> dict[str, Any]:
     began = time.monotonic()
-    credentials = Credentials(options.write_key, options.token, options.other_token, options.quarantine_write_key)
+    credentials = Credentials(
+        options.write_key, options.token, options.other_token, options.quarantine_write_key, options.strict_write_key
+    )
     secrets = secrets_of(credentials)
     renderer = Renderer(options.run_id, case.id, options.write_key)
     results: list[CheckResult] = []
@@ -148,7 +192,7 @@ def run_case(
             send(client, exchange, content, meta)
             for check in step.checks:
                 eventual = options.consistency == "eventual"
-                result = evaluate(check, exchange, renderer, read_back, options.settle, eventual)
+                result = evaluate(check, exchange, renderer, read_back, options.settle, eventual, options.profiles)
                 result.step = number
                 results.append(result)
             for name, path in step.save.items():
@@ -185,7 +229,13 @@ def run_case(
     record["checks"] = [r.as_dict() for r in results]
     record["transcript"] = [e.transcript(secrets) for e in exchanges]
     if record["verdict"] not in ("PASS", "INFORMATIONAL"):
-        record["curl"] = [e.curl(secrets) for e in exchanges]
+        for number, exchange in enumerate(exchanges):
+            name = f"bodies/{case.id}.{number}.bin"
+            line, attach = exchange.curl(secrets, name)
+            record["curl"].append(line)
+            if attach:
+                options.attachments[name] = exchange.wire
+                record["transcript"][number]["request"]["bodyFile"] = name
     record["durationMs"] = round((time.monotonic() - began) * 1000, 1)
     return record
 
@@ -194,9 +244,9 @@ def run(cases: list[Case], options: RunOptions) -> dict[str, Any]:
     """Run the cases; the results document (see schemas/results.schema.json)."""
     options.run_id = options.run_id or new_run_id()
     started = datetime.now(UTC)
-    limits = httpx.Limits(max_connections=max(4, options.workers * 2))
     declared = options.features()
-    with httpx.Client(timeout=options.timeout, limits=limits, follow_redirects=False) as client:
+    options.attachments.clear()
+    with new_client(options) as client:
         probe(client, options.target)
         read_back = make_read_back(options, client)
         complete, abort = True, None
@@ -224,7 +274,7 @@ def run(cases: list[Case], options: RunOptions) -> dict[str, Any]:
         "finishedAt": iso(datetime.now(UTC)),
         "complete": complete and len(records) == len(cases),
         "abortReason": abort,
-        "level": level(records, inspect_declared),
+        "level": level(records, options.profiles, inspect_declared),
         "counts": {verdict: counts.get(verdict, 0) for verdict in sorted(counts)},
         "conformant": not any(record["verdict"] in BAD for record in records),
         "cases": records,

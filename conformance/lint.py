@@ -8,7 +8,9 @@
   the negative says it varies (`field`, or the request keys in `differs`);
 - with `field`: the twin's body passes the generated JSON Schema and the negative's body
   fails it at that field (batch items are validated by the schema of their type);
-- profile `inspect` cases check storage; `core` cases check the answer.
+- profile `inspect` cases check storage; `segment` and `collector` cases check the answer;
+- `segment` cases (and inspect cases of segment's promises) cite what Segment documents
+  (../shared/reference/segment-protocol.md#section) or a real client's capture.
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ def normalize(text: str) -> str:
 
 
 def strings_in(node: Any) -> list[str]:
+    """Every string under a spec node, and every scalar rule as `key: value` (`maxLength: 512`), so a
+    quote can state the rule a case checks, not only a field's description."""
     if isinstance(node, str):
         return [node]
     if isinstance(node, dict):
-        return [text for value in node.values() for text in strings_in(value)]
+        rules = [
+            f"{key}: {json.dumps(value) if isinstance(value, bool) else value}"
+            for key, value in node.items()
+            if isinstance(value, str | int | float)
+        ]
+        return rules + [text for value in node.values() for text in strings_in(value)]
     if isinstance(node, list):
         return [text for value in node for text in strings_in(value)]
     return []
@@ -73,10 +82,22 @@ def readme_sections(readme: Path) -> dict[str, str]:
     return sections
 
 
+REFERENCE = "../shared/reference/"
+
+
 def resolve_anchor(ref: str, quote: str, spec_dir: Path) -> str | None:
     """None when the anchor resolves and holds the quote, else the problem."""
     file_part, _, fragment = ref.partition("#")
-    if file_part == "README.md":
+    if file_part.startswith(REFERENCE):
+        # What Segment documents (segment-protocol.md, by section) or what a real client sent (a capture).
+        path = spec_dir.parent / file_part
+        if not path.exists():
+            return f"{ref}: {path} does not exist"
+        text = path.read_text(encoding="utf-8")
+        texts = [readme_sections(path).get(fragment)] if fragment else [text]
+        if texts == [None]:
+            return f"{ref}: no section with anchor {fragment!r}"
+    elif file_part == "README.md":
         readme = spec_dir.parent / "README.md"
         if not readme.exists():
             return f"{ref}: README.md not found next to {spec_dir}"
@@ -97,7 +118,7 @@ def resolve_anchor(ref: str, quote: str, spec_dir: Path) -> str | None:
             node = node[part]
         texts = strings_in(node)
     wanted = normalize(quote)
-    if not any(wanted in normalize(text) for text in texts):
+    if not any(text is not None and wanted in normalize(text) for text in texts):
         return f"{ref}: quote not found there: {quote!r}"
     return None
 
@@ -222,11 +243,19 @@ def check_twins(case: Case, by_id: dict[str, Case], schemas: dict[str, Any]) -> 
 
 def check_profile(case: Case) -> list[str]:
     stored = [check for check in case.checks() if "stored" in check]
-    answer = [check for check in case.checks() if "stored" not in check]
+    answer = [check for check in case.checks() if "stored" not in check and "profile" not in check]
     if case.profile == "inspect" and not stored:
         return [f"{case.id}: profile inspect but no `stored` check"]
-    if case.profile == "core" and not answer:
-        return [f"{case.id}: profile core needs a check of the answer"]
+    if case.profile in ("segment", "collector") and not answer:
+        return [f"{case.id}: profile {case.profile} needs a check of the answer"]
+    if case.profile == "segment" and not any(ref["ref"].startswith(REFERENCE) for ref in case.spec):
+        return [f"{case.id}: a segment case cites what Segment documents or a real client sent ({REFERENCE}…)"]
+    if (
+        case.profile == "inspect"
+        and case.basis == "segment"
+        and not any(ref["ref"].startswith(REFERENCE) for ref in case.spec)
+    ):
+        return [f"{case.id}: an inspect case of segment's promises cites it ({REFERENCE}…)"]
     return []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 import shlex
 import zlib
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ import httpx
 from conformance.template import Renderer
 
 PAYLOADS_DIR = Path(__file__).resolve().parent / "payloads"
+BYTE = re.compile(r"\\x[0-9a-fA-F]{2}")
+BYTE_SPLIT = re.compile(r"(\\x[0-9a-fA-F]{2})")
 TRANSCRIPT_BODY_CHARS = 4000
 
 
@@ -32,6 +35,7 @@ class Credentials:
     token: str | None = None
     other_token: str | None = None
     quarantine_write_key: str | None = None  # a source that quarantines invalid messages
+    strict_write_key: str | None = None  # a source that rejects quality violations
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Exchange:
     headers: dict[str, str]
     body: bytes
     encoding: str | None = None
+    wire: bytes = b""  # the bytes sent (compressed when encoding says so)
+    chunked: bool = False
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     response_text: str = ""
@@ -57,6 +63,7 @@ class Exchange:
                 "headers": {name: redact(value, secrets) for name, value in self.headers.items()},
                 "body": redact(shorten(self.body.decode("utf-8", "replace")), secrets),
                 "contentEncoding": self.encoding,
+                "chunked": self.chunked,
             },
             "response": {
                 "status": self.status,
@@ -65,8 +72,10 @@ class Exchange:
             },
         }
 
-    def curl(self, secrets: dict[str, str]) -> str:
-        """A shell line that sends the same request again (credentials as $WRITE_KEY, $TOKEN)."""
+    def curl(self, secrets: dict[str, str], body_file: str) -> tuple[str, bool]:
+        """A shell line that sends the same request again (credentials as $WRITE_KEY, $TOKEN), and
+        whether it reads the body from `body_file` (the exact bytes sent, saved beside the report):
+        compressed, non-UTF-8, long or chunked bodies are replayed from the file, byte for byte."""
         words = ["curl", "-sS", "-i", "-X", self.method]
         for name, value in self.headers.items():
             if name.lower() in ("content-length", "transfer-encoding"):
@@ -77,19 +86,22 @@ class Exchange:
                 words += ["-H", f'"Authorization: {shown}"']  # quotes nest inside $( )
                 continue
             words += ["-H", _quote(f"{name}: {shown}")]
+        if self.chunked:
+            words += ["-H", _quote("Transfer-Encoding: chunked")]  # curl then streams the file in chunks
         words.append(_quote(redact(self.url, secrets)))
         line = " ".join(words)
-        if not self.body:
-            return line
-        text = redact(self.body.decode("utf-8", "replace"), secrets)
-        if len(text) > 20000:
-            return "# body longer than 20000 characters: see the transcript in results.json\n" + line
-        feed = f"printf '%s' {_quote(text)}"
-        if self.encoding == "gzip":
-            feed += " | gzip"
-        elif self.encoding == "deflate":
-            feed += " | python3 -c 'import sys,zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read()))'"
-        return f"{feed} | {line} --data-binary @-"
+        if not self.wire:
+            return line, False
+        try:
+            text = self.wire.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        inline = text is not None and not self.encoding and not self.chunked and len(text) <= 20000
+        if inline and text is not None:
+            return f"printf '%s' {_quote(redact(text, secrets))} | {line} --data-binary @-", False
+        # Run from the report directory. A body holding a credential cannot be redacted byte for byte
+        # inside gzip: such a file holds the run's (test) write key.
+        return f"{line} --data-binary @{_quote(body_file)}", True
 
 
 def _quote(part: str) -> str:
@@ -120,6 +132,10 @@ def secrets_of(credentials: Credentials) -> dict[str, str]:
         found[credentials.token] = "$TOKEN"
     if credentials.other_token:
         found[credentials.other_token] = "$OTHER_TOKEN"
+    if credentials.strict_write_key:
+        key = credentials.strict_write_key
+        found[key] = "$STRICT_WRITE_KEY"
+        found[base64.b64encode(f"{key}:".encode()).decode()] = '$(printf %s "$STRICT_WRITE_KEY:" | base64 -w0)'
     if credentials.quarantine_write_key:
         key = credentials.quarantine_write_key
         found[key] = "$QUARANTINE_WRITE_KEY"
@@ -185,6 +201,8 @@ def build(
         headers["Authorization"] = basic(f"{key}:")
     elif auth == "basic-no-colon":
         headers["Authorization"] = basic(key)
+    elif auth == "basic-strict":
+        headers["Authorization"] = basic(f"{credentials.strict_write_key}:")
     elif auth == "basic-quarantine":
         headers["Authorization"] = basic(f"{credentials.quarantine_write_key}:")
     elif auth == "basic-unknown":
@@ -208,6 +226,12 @@ def build(
         headers["Authorization"] = f"Bearer cf-unknown-token-{renderer.run_id}"
     if "body_raw" in spec:
         content = str(renderer.render(spec["body_raw"])).encode("utf-8")
+    elif "body_bytes" in spec:  # \xNN stands for that byte, so a body can hold bytes that are not UTF-8
+        text = str(renderer.render(spec["body_bytes"]))
+        content = b"".join(
+            bytes([int(part[2:], 16)]) if BYTE.fullmatch(part) else part.encode("utf-8")
+            for part in BYTE_SPLIT.split(text)
+        )
     elif body is None:
         content = b""
     elif "pad" in spec:
@@ -233,7 +257,9 @@ def build(
     url = urljoin(base_url.rstrip("/") + "/", path.lstrip("/"))
     if query:
         url += ("&" if "?" in url else "?") + urlencode(query)
-    exchange = Exchange(str(spec.get("method", "POST")), url, headers, content, encoding)
+    exchange = Exchange(
+        str(spec.get("method", "POST")), url, headers, content, encoding, wire, bool(spec.get("chunked"))
+    )
     if spec.get("chunked"):
 
         def stream() -> Iterator[bytes]:

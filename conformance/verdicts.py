@@ -58,18 +58,56 @@ def is_known(case_id: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(case_id, pattern) for pattern in patterns)
 
 
-def level(cases: list[dict[str, Any]], inspect_declared: bool) -> str:
-    """Core: every counted core case is PASS/NON_STRICT/INFORMATIONAL. Core+Inspect: the same
-    for inspect cases too, with read-back declared. Strict: Core+Inspect with no NON_STRICT.
+def verdict_without_collector(case: dict[str, Any]) -> str:
+    """A segment case's verdict on Segment's checks alone: a check only the collector spec makes (its
+    `profile` is collector) does not withhold the Segment level when it fails."""
+    if case["profile"] != "segment" or case["verdict"] not in ("FAIL", "NON_STRICT"):
+        return str(case["verdict"])
+    own = [c for c in case["checks"] if c.get("profile") != "collector" and c["outcome"] != "skipped"]
+    if any(c["level"] == "MUST" and c["outcome"] == "fail" for c in own):
+        return "FAIL"
+    if any(c["level"] == "SHOULD" and c["outcome"] == "fail" for c in own):
+        return "NON_STRICT"
+    return "PASS"
+
+
+LEVEL_NAMES = {"segment": "Segment-compatible", "collector": "Collector spec"}
+LEVELS = ("None",) + tuple(name + suffix for name in LEVEL_NAMES.values() for suffix in ("", " + Inspect", ", Strict"))
+OK = ("PASS", "NON_STRICT", "INFORMATIONAL")
+
+
+def level(cases: list[dict[str, Any]], claimed: Iterable[str], inspect_declared: bool) -> str:
+    """The level names what was claimed and met.
+
+    Segment-compatible: every counted `segment` case passes (PASS, NON_STRICT or INFORMATIONAL).
+    Collector spec: the same, and `collector` was claimed and every counted `collector` case passes.
+    + Inspect: inspect was claimed with a read-back, and every counted `inspect` case of the level's
+    profiles passes. Strict: + Inspect with no NON_STRICT among the counted cases of the level.
     Tentative and skipped cases never count; a known failure (XFAIL) still withholds the level."""
+    claimed = set(claimed)
     counted = [c for c in cases if c["status"] == "stable" and c["verdict"] != "SKIPPED"]
-    ok = ("PASS", "NON_STRICT", "INFORMATIONAL")
-    core = [c for c in counted if c["profile"] == "core"]
-    inspect = [c for c in counted if c["profile"] == "inspect"]
-    if not core or not all(c["verdict"] in ok for c in core):
+
+    def met(profile: str) -> list[dict[str, Any]] | None:
+        chosen = [c for c in counted if c["profile"] == profile]
+        return chosen if all(verdict_without_collector(c) in OK for c in chosen) else None
+
+    segment = met("segment")
+    if not segment:
         return "None"
-    if not inspect_declared or not inspect or not all(c["verdict"] in ok for c in inspect):
-        return "Core"
-    if any(c["verdict"] == "NON_STRICT" for c in counted):
-        return "Core+Inspect"
-    return "Strict"
+    base, considered, bases = "segment", segment, ["segment"]
+    collector = met("collector") if "collector" in claimed else None
+    # The collector spec also holds the segment cases to the checks it adds to them.
+    if collector and all(c["verdict"] in OK for c in segment):
+        base, considered, bases = "collector", segment + collector, ["segment", "collector"]
+    name = LEVEL_NAMES[base]
+    if "inspect" not in claimed or not inspect_declared:
+        return name
+    inspected = [c for c in counted if c["profile"] == "inspect" and c.get("basis") in bases]
+    if not inspected or not all(c["verdict"] in OK for c in inspected):
+        return name
+    strictness = [c["verdict"] for c in inspected] + [
+        verdict_without_collector(c) if base == "segment" else c["verdict"] for c in considered
+    ]
+    if "NON_STRICT" in strictness:
+        return name + " + Inspect"
+    return name + ", Strict"

@@ -403,6 +403,54 @@ def all_or_nothing(app: ASGIApp, runtime: Runtime, secrets: Secrets) -> ASGIApp:
     return Fault(app, handler)
 
 
+CALL_TYPES = {name[0]: name for name in ("track", "identify", "page", "screen", "group", "alias")}
+
+
+def stand_in(message: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A valid message of `kind` with the invalid one's messageId: what a lenient server that fills
+    in defaults instead of refusing would store."""
+    stand = {"type": kind, "userId": "lenient-stand-in", "event": "Lenient", "groupId": "lenient-group"}
+    stand["previousId"] = "lenient-previous"
+    if isinstance(message.get("messageId"), str):
+        stand["messageId"] = message["messageId"]
+    return stand
+
+
+def stores_invalid(app: ASGIApp, runtime: Runtime, secrets: Secrets) -> ASGIApp:
+    """Answers 200 to invalid messages and stores a repaired stand-in (same messageId): what Segment's
+    answer allows, but storing what should have been dropped."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send, inner: ASGIApp) -> None:
+        path = scope["path"]
+        if path not in SINGLE_PATHS | BATCH_PATHS:
+            await inner(scope, receive, send)
+            return
+        body = await read_all(receive)
+        payload = plain_json(scope, body)
+        if payload is not None:
+            kind = CALL_TYPES.get(path.removeprefix("/v1/")[:1], "track")
+            if isinstance(payload, list):  # a bare array of messages: take them as a batch
+                payload, path = {"batch": payload}, "/v1/batch"
+            if path in BATCH_PATHS and isinstance(payload, dict) and isinstance(payload.get("batch"), dict):
+                payload["batch"] = list(payload["batch"].values())  # {"0": …} as PHP encodes a sparse array
+            if path in BATCH_PATHS and isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+                payload["batch"] = [
+                    stand_in(m, str(m.get("type", "track")))
+                    if not isinstance(m, dict) or runtime.validators.errors(m)
+                    else m
+                    for m in payload["batch"]
+                    if isinstance(m, dict)
+                ]
+            elif isinstance(payload, dict) and runtime.validators.errors({**payload, "type": kind}):
+                payload = {**stand_in(payload, kind), **{k: payload[k] for k in ("writeKey",) if k in payload}}
+                payload.pop("type")
+            body = orjson.dumps(payload)
+            scope = with_header({**scope, "path": path, "raw_path": path.encode()}, b"content-length", str(len(body)))
+        await inner(scope, replay(body), send)
+
+    return Fault(app, handler)
+
+
 async def trust_forwarded_for(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
     forwarded = header(scope, b"x-forwarded-for")
     if forwarded:
@@ -747,6 +795,29 @@ MUTANTS: list[Mutant] = [
         ("store.first-copy-wins",),
         wrap_storage(LastCopyWinsStore),
     ),
+    Mutant(
+        "stores_invalid",
+        "answers 200 to invalid messages and stores a repaired stand-in under their messageId",
+        (
+            "track.reject.missing-event",
+            "track.reject.event-not-string",
+            "track.reject.no-identity",
+            "track.reject.both-ids-null",
+            "track.reject.user-id-object",
+            "track.reject.properties-array",
+            "track.reject.context-string",
+            "track.reject.integrations-array",
+            "identify.reject.no-identity",
+            "identify.reject.traits-string",
+            "page.reject.no-identity",
+            "screen.reject.no-identity",
+            "group.reject.*",
+            "alias.reject.*",
+            "batch.reject.batch-not-array",
+            "content.reject.json-array",
+        ),
+        stores_invalid,
+    ),  # fmt: skip
     Mutant(
         "trusts_any_forwarded_for",
         "takes context.ip from X-Forwarded-For whoever sent it",

@@ -27,6 +27,7 @@ from conftest import (
     OTHER_TOKEN,
     QUARANTINE_KEY,
     ROOT,
+    STRICT_KEY,
     TOKEN,
     WRITE_KEY,
     Server,
@@ -70,8 +71,10 @@ def full_run(server: Server, report: Path, *extra: str) -> list[str]:
         OTHER_TOKEN,
         "--quarantine-write-key",
         QUARANTINE_KEY,
+        "--strict-write-key",
+        STRICT_KEY,
         "--profile",
-        "core,inspect",
+        "segment,collector,inspect",
         "--inspect-url",
         server.url,
         "--inspect-token",
@@ -89,7 +92,7 @@ def results_of(report: Path) -> dict[str, Any]:
     return loaded
 
 
-def test_reference_collector_reaches_strict_on_core_and_inspect(reference: Server, tmp_path: Path) -> None:
+def test_reference_collector_reaches_strict_on_segment_collector_and_inspect(reference: Server, tmp_path: Path) -> None:
     report = tmp_path / "report"
     done = kit(*full_run(reference, report))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -97,16 +100,20 @@ def test_reference_collector_reaches_strict_on_core_and_inspect(reference: Serve
     validate_results(results)
     not_passed = {c["id"]: c["reason"] for c in results["cases"] if c["verdict"] != "PASS" and c["status"] == "stable"}
     assert not_passed == {}
-    assert results["level"] == "Strict"
+    assert results["level"] == "Collector spec, Strict"
     assert results["complete"] is True
-    assert set(results["features"]) == {"profiles", "second_workspace", "read_back", "quarantine"}
+    assert results["profiles"] == ["segment", "collector", "inspect"]
+    assert set(results["features"]) == {"profiles", "second_workspace", "read_back", "quarantine", "quality_reject"}
     assert len(results["cases"]) == len(load_cases()) >= 150
     # junit: one testsuite per case file, one testcase per case id.
     suites = ET.parse(report / "junit.xml").getroot().findall("testsuite")
     assert {s.get("name") for s in suites} >= {"track", "profiles", "limits", "enrichment"}
     assert sum(len(s.findall("testcase")) for s in suites) == len(results["cases"])
     html = (report / "report.html").read_text()
-    assert "Level: Strict" in html and "track.reject.missing-event" in html
+    assert "Level: Collector spec, Strict" in html and "track.reject.missing-event" in html
+    assert "What to fix first" in html and "Nothing: no case failed." in html
+    summary = (report / "summary.md").read_text()
+    assert summary.startswith("# Conformance: Collector spec, Strict") and "| validation |" in summary
 
 
 def test_ids_written_by_a_run_carry_its_run_id(reference: Server, tmp_path: Path) -> None:
@@ -124,23 +131,38 @@ def test_ids_written_by_a_run_carry_its_run_id(reference: Server, tmp_path: Path
     assert run_id in event["userId"]
 
 
-def test_core_profile_alone_skips_inspect_cases_and_checks(reference: Server, tmp_path: Path) -> None:
+def test_segment_profile_alone_skips_collector_and_inspect_cases_and_says_nothing_was_inspected(
+    reference: Server, tmp_path: Path
+) -> None:
     report = tmp_path / "report"
     done = kit("run", "--target", reference.url, "--write-key", WRITE_KEY, "--report-dir", str(report))
     assert done.returncode == 0, done.stdout + done.stderr
     results = results_of(report)
+    assert results["profiles"] == ["segment"]
     by_id = {c["id"]: c for c in results["cases"]}
     assert by_id["enrich.context-ip-added"]["verdict"] == "SKIPPED"
-    assert (
-        "read-back" in by_id["enrich.context-ip-added"]["reason"]
-        or "profile" in by_id["enrich.context-ip-added"]["reason"]
-    )
+    assert "profile inspect not claimed" in by_id["enrich.context-ip-added"]["reason"]
     assert by_id["profiles.create.minimal"]["verdict"] == "SKIPPED"
-    assert "profiles" in by_id["profiles.create.minimal"]["reason"]
+    assert "profile collector not claimed" in by_id["profiles.create.minimal"]["reason"]
     minimal = by_id["track.accept.minimal"]
     assert minimal["verdict"] == "PASS"
     assert [c["outcome"] for c in minimal["checks"] if c["kind"] == "stored"] == ["skipped"]
-    assert results["level"] == "Core"
+    missing = by_id["track.reject.missing-event"]  # the collector's own checks are not judged for a segment claim
+    assert {c["outcome"] for c in missing["checks"] if c["profile"] == "collector"} == {"skipped"}
+    assert results["level"] == "Segment-compatible"
+    assert "Nothing was inspected" in done.stdout
+    assert "Nothing was inspected" in (report / "summary.md").read_text()
+    assert "Nothing was inspected" in (report / "report.html").read_text()
+
+
+def test_profile_claims_and_the_core_alias() -> None:
+    from conformance.engine import claimed_profiles
+
+    assert claimed_profiles([]) == ("segment",)
+    assert claimed_profiles(["inspect"]) == ("segment", "inspect")
+    assert claimed_profiles(["core", "inspect"]) == ("segment", "collector", "inspect")
+    with pytest.raises(ValueError, match="bogus"):
+        claimed_profiles(["bogus"])
 
 
 def test_known_failing_case_that_passes_is_xpass_and_fails_the_run(reference: Server, tmp_path: Path) -> None:
@@ -197,7 +219,7 @@ def test_python_adapter_reads_the_database_directly(reference: Server, tmp_path:
         "--write-key",
         WRITE_KEY,
         "--profile",
-        "core,inspect",
+        "inspect",
         "--inspect-adapter",
         "vendor_adapter:Adapter",
         "--cases",
@@ -248,14 +270,14 @@ cases:
   - id: broken.accept.ok
     title: a fine positive case
     spec: [{ref: "spec/calls/track.yaml#fields.event", quote: "Name of the action the user performed"}]
-    profile: core
+    profile: collector
     status: stable
     request: {body: {event: E, userId: u}}
     checks: [{level: MUST, status: 200}]
   - id: broken.reject.not-really
     title: a negative whose body is valid
     spec: [{ref: "spec/calls/track.yaml#fields.event", quote: "Name of the action the user performed"}]
-    profile: core
+    profile: collector
     status: stable
     polarity: negative
     twin: broken.accept.ok
@@ -265,7 +287,7 @@ cases:
   - id: broken.accept.bad-anchor
     title: cites text the spec does not say
     spec: [{ref: "spec/calls/track.yaml#fields.event", quote: "events may be anything at all"}]
-    profile: core
+    profile: segment
     status: stable
     request: {body: {event: E, userId: u}}
     checks: [{level: MUST, status: 200}]
@@ -290,6 +312,7 @@ def test_lint_reports_each_broken_promise(tmp_path: Path) -> None:
     assert "broken.accept.ok: duplicate id" in text
     assert "nope.yaml does not exist" in text
     assert "profile inspect but no `stored` check" in text
+    assert "broken.accept.bad-anchor: a segment case cites what Segment documents" in text
 
 
 def test_lint_rejects_a_case_file_that_breaks_the_schema(tmp_path: Path) -> None:
@@ -353,12 +376,13 @@ def test_reference_reaches_strict_on_real_backends(backend: str, tmp_path: Path)
 
 
 def test_compare_shows_where_runs_differ_and_fails_on_a_regression(reference: Server, tmp_path: Path) -> None:
-    """Two real runs of the same cases: a source that rejects invalid messages (the baseline) and
-    one that quarantines them, so its answers to invalid bodies are 200 instead of 400."""
+    """Two real runs of the same cases, both claiming the collector spec: a source that rejects invalid
+    messages (the baseline) and one that quarantines them, so its answers to invalid bodies are 200
+    instead of 400: what Segment allows, not what the collector spec asks for."""
     reports = {}
     for name, key in (("reject", WRITE_KEY), ("quarantine", QUARANTINE_KEY)):
         reports[name] = tmp_path / name
-        args = ["run", "--target", reference.url, "--write-key", key, "--cases", "track.*"]
+        args = ["run", "--target", reference.url, "--write-key", key, "--profile", "collector", "--cases", "track.*"]
         kit(*args, "--report-dir", str(reports[name]))
         assert (reports[name] / "results.json").exists()
     verdicts = {
@@ -390,6 +414,7 @@ def test_compare_shows_where_runs_differ_and_fails_on_a_regression(reference: Se
     broken = kit("compare", str(reports["reject"]), str(tmp_path / "not-results.json"))
     assert broken.returncode == 2 and "not a conformance results document" in broken.stderr
     by_directory = kit("compare", str(reports["reject"]), str(reports["quarantine"]))  # same target URL
-    assert by_directory.stdout.startswith("reject: level Core") and "\nquarantine: level None" in by_directory.stdout
+    assert by_directory.stdout.startswith("reject: level Collector spec")
+    assert "\nquarantine: level Segment-compatible" in by_directory.stdout  # only the collector's checks failed
     unnamed = kit("compare", str(reports["reject"]), str(reports["reject"]))
     assert unnamed.returncode == 2 and "NAME=PATH" in unnamed.stderr

@@ -15,9 +15,12 @@ from mutants import MUTANTS, Mutant, MutantFarm, Secrets
 
 from conformance.casefile import Case, load_cases, select
 from conformance.engine import RunOptions, run
-from conftest import ADMIN, OTHER_TOKEN, QUARANTINE_KEY, TOKEN, WRITE_KEY, write_config
+from conformance.verdicts import verdict_without_collector
+from conftest import ADMIN, OTHER_TOKEN, QUARANTINE_KEY, STRICT_KEY, TOKEN, WRITE_KEY, write_config
 
 CAUGHT = ("FAIL", "NON_STRICT")
+CAUGHT_BY_SEGMENT_CHECKS: dict[str, list[str]] = {}  # segment case id → mutants its Segment checks catch
+MUTANTS_RUN: set[str] = set()
 MUTANTS_BY_NAME = {
     mutant.name: mutant for mutant in MUTANTS
 }  # a SHOULD case is caught when the mutant makes it NON_STRICT
@@ -44,7 +47,8 @@ def run_against(url: str, chosen: list[Case]) -> dict[str, Any]:
         token=TOKEN,
         other_token=OTHER_TOKEN,
         quarantine_write_key=QUARANTINE_KEY,
-        profiles=("core", "inspect"),
+        strict_write_key=STRICT_KEY,
+        profiles=("segment", "collector", "inspect"),
         inspect_url=url,
         inspect_token=ADMIN,
         workers=6,
@@ -74,9 +78,23 @@ def test_every_case_is_declared_by_some_mutant(cases: list[Case]) -> None:
 def test_mutant_is_caught_by_every_case_it_declares(mutant: Mutant, farm: MutantFarm, cases: list[Case]) -> None:
     chosen = select(cases, list(mutant.must_fail), [])
     results = run_against(farm.urls[mutant.name], chosen)
+    MUTANTS_RUN.add(mutant.name)
     survived = {c["id"]: (c["verdict"], c["reason"]) for c in results["cases"] if c["verdict"] not in CAUGHT}
     assert survived == {}, f"mutant {mutant.name} ({mutant.breaks}) survives these cases"
+    for case in results["cases"]:
+        if case["profile"] == "segment" and verdict_without_collector(case) in CAUGHT:
+            CAUGHT_BY_SEGMENT_CHECKS.setdefault(case["id"], []).append(mutant.name)
     assert results["conformant"] is False or all(c["verdict"] == "NON_STRICT" for c in results["cases"])
+
+
+def test_every_segment_case_is_caught_by_segment_checks_alone(cases: list[Case]) -> None:
+    """A segment case must bite without the collector spec's extra checks: some mutant fails what
+    Segment documents, not only this project's error details. (Runs after the mutants above.)"""
+    if len(MUTANTS_RUN) < len(MUTANTS):
+        pytest.skip("needs every mutant run in this session")
+    segment = [c.id for c in cases if c.profile == "segment"]
+    uncaught = sorted(set(segment) - set(CAUGHT_BY_SEGMENT_CHECKS))
+    assert uncaught == [], f"{len(uncaught)} segment cases only the collector's checks catch: {uncaught}"
 
 
 def test_curl_line_of_a_failure_reproduces_it(farm: MutantFarm, cases: list[Case]) -> None:
@@ -112,7 +130,7 @@ def test_known_failing_failure_is_xfail_and_keeps_the_run_conformant(farm: Mutan
         target=farm.urls["no_request_id"],
         write_key=WRITE_KEY,
         known_failing=["response.request-*"],
-        profiles=("core",),
+        profiles=("segment", "collector"),
     )
     results = run(select(cases, ["response.request-id", "response.success-exact"], []), options)
     verdicts = {c["id"]: c["verdict"] for c in results["cases"]}
@@ -139,7 +157,7 @@ def test_declared_eventual_consistency_makes_a_late_write_a_should_and_still_cat
         options = RunOptions(
             target=farm.urls[mutant],
             write_key=WRITE_KEY,
-            profiles=("core", "inspect"),
+            profiles=("segment", "collector", "inspect"),
             inspect_url=farm.urls[mutant],
             inspect_token=ADMIN,
             workers=6,
@@ -151,7 +169,7 @@ def test_declared_eventual_consistency_makes_a_late_write_a_should_and_still_cat
     results = eventual_run("ack_before_persist", chosen)
     assert "eventual_consistency" in results["features"]
     assert {c["id"]: c["verdict"] for c in results["cases"]} == {c.id: "NON_STRICT" for c in chosen}
-    assert results["conformant"] is True and results["level"] == "Core+Inspect"
+    assert results["conformant"] is True and "Strict" not in results["level"]  # a SHOULD missed withholds Strict
     for case in results["cases"]:
         late_checks = [c for c in case["checks"] if c["kind"] == "stored" and c["outcome"] == "fail"]
         assert late_checks and all(c["level"] == "SHOULD" for c in late_checks), case["id"]
