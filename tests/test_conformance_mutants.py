@@ -109,6 +109,32 @@ def test_curl_line_of_a_failure_reproduces_it(farm: MutantFarm, cases: list[Case
     assert shown.stdout.startswith("HTTP/1.1 202"), shown.stdout + shown.stderr
 
 
+def test_a_chunked_gzip_failure_replays_chunked_from_its_saved_body(
+    farm: MutantFarm, cases: list[Case], tmp_path: Path
+) -> None:
+    from conformance.reports import write_all
+
+    options = RunOptions(target=farm.urls["no_compression"], write_key=WRITE_KEY)
+    results = run(select(cases, ["content.accept.gzip-chunked"], []), options)
+    (case,) = results["cases"]
+    assert case["verdict"] == "FAIL"
+    (line,) = case["curl"]
+    assert "'Transfer-Encoding: chunked'" in line and "'Content-Encoding: gzip'" in line
+    assert line.endswith("--data-binary @bodies/content.accept.gzip-chunked.0.bin")
+    write_all(results, tmp_path, options.attachments)
+    shown = subprocess.run(
+        ["bash", "-c", line + " --trace-ascii -"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WRITE_KEY": WRITE_KEY},
+        timeout=30,
+    )
+    assert "HTTP/1.1 415" in shown.stdout, shown.stdout + shown.stderr
+    sent = shown.stdout.split("=> Send header", 1)[1].split("<= Recv header", 1)[0]
+    assert "Transfer-Encoding: chunked" in sent and "Content-Length" not in sent
+
+
 def test_results_of_a_failing_run_say_why(farm: MutantFarm, cases: list[Case], tmp_path: Path) -> None:
     from conformance.reports import write_all
 
