@@ -46,7 +46,7 @@ def test_unknown_type_in_yaml_is_a_spec_error(tmp_path: Path) -> None:
     track = copy / "calls" / "track.yaml"
     track.write_text(
         track.read_text().replace(
-            "type: number\n        description: Revenue", "type: money\n        description: Revenue"
+            "type: number\n          description: Revenue", "type: money\n          description: Revenue"
         )
     )
     with pytest.raises(spec.SpecError, match=r"track\.properties\.revenue: unknown type 'money'"):
