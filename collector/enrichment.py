@@ -27,6 +27,22 @@ _TIME_PROBLEMS = {
     "unparseableTimestamp": "not an ISO-8601 date-time; ignored (the raw value is kept)",
     "futureTimestamp": "more than 24 h after receivedAt; timestamp is receivedAt (the raw value is kept)",
 }
+# keyword → (what arrives, what is stored), for README's table.
+TIME_REPAIRS = {
+    "numericTimestamp": (
+        "a number in `timestamp` or `sentAt` (`Date.now()`)",
+        "read as epoch milliseconds (seconds below 10^11); `timestamp` in ISO-8601, "
+        "the raw number in `originalTimestamp`",
+    ),
+    "unparseableTimestamp": (
+        "an impossible or unreadable date (`2024-02-30T00:00:00Z`, an object)",
+        "`timestamp` = `receivedAt`, the raw value in `originalTimestamp` (a bad `sentAt` is not used for skew)",
+    ),
+    "futureTimestamp": (
+        "a client time more than 24 h after `receivedAt` once skew-corrected (year 9999)",
+        "`timestamp` = `receivedAt`, the raw value in `originalTimestamp`",
+    ),
+}
 
 
 class Arrival:

@@ -4,14 +4,7 @@ Each repair returns problems in the validation stage's form (pointer, keyword, m
 `keyword` naming the repair; the pipeline records them as quality violations, so nothing is
 silent. Only requests that need it pay for the walk: intake tells which (`Parsed.needs_scrub`).
 
-| what arrives                                      | what is stored             | keyword           |
-| ------------------------------------------------- | -------------------------- | ----------------- |
-| a lone surrogate escape (`"\\ud83d"`, a title cut  | U+FFFD in its place        | `loneSurrogate`   |
-|   in the middle of an emoji by JSON.stringify)    |                            |                   |
-| `\\u0000` in a string or key (PostgreSQL text and  | U+FFFD                     | `nulCharacter`    |
-|   jsonb cannot hold it)                           |                            |                   |
-| `NaN`, `Infinity`, `-Infinity` (Python's json)    | null                       | `nonFiniteNumber` |
-|   or a number beyond a double (`1e400`)           |                            |                   |
+README's "What is rejected, repaired and flagged" lists them (from REPAIRS below).
 """
 
 from __future__ import annotations
@@ -24,8 +17,20 @@ from collector.validation import pointer
 
 REPLACEMENT = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-SCRUB_KEYWORDS = frozenset(("loneSurrogate", "nulCharacter", "nonFiniteNumber"))
-_REPAIRS = {
+# keyword → (what arrives, what is stored): README's table is generated from this.
+REPAIRS = {
+    "loneSurrogate": (
+        "a lone surrogate escape such as `\\ud83d` (a title cut mid-emoji by JSON.stringify)",
+        "U+FFFD in its place, in that item only",
+    ),
+    "nulCharacter": ("`\\u0000` in a string or key (PostgreSQL text cannot hold it)", "U+FFFD, on every backend"),
+    "nonFiniteNumber": (
+        "`NaN`, `Infinity`, `-Infinity` (Python's json.dumps) or a number beyond a double (`1e400`)",
+        "null",
+    ),
+}
+SCRUB_KEYWORDS = frozenset(REPAIRS)
+_REPAIRED = {
     "loneSurrogate": "a lone surrogate escape was replaced by U+FFFD",
     "nulCharacter": "a NUL character (\\u0000) was replaced by U+FFFD",
     "nonFiniteNumber": "a number JSON cannot hold (NaN, Infinity, or beyond a double) was replaced by null",
@@ -46,7 +51,7 @@ def _clean(text: str, at: list[Any], problems: list[dict[str, Any]], is_key: boo
 
 
 def _problem(at: list[Any], keyword: str) -> dict[str, Any]:
-    return {"pointer": pointer(at), "keyword": keyword, "message": _REPAIRS[keyword]}
+    return {"pointer": pointer(at), "keyword": keyword, "message": _REPAIRED[keyword]}
 
 
 def scrub(value: Any) -> tuple[Any, list[dict[str, Any]]]:
