@@ -87,7 +87,7 @@ async def project_settings(request: Request) -> Response:
     )
 
 
-def decode_data(raw: str | None, max_bytes: int) -> tuple[dict[str, Any], int]:
+def decode_data(raw: str | None, max_bytes: int) -> tuple[intake.Parsed, int]:
     """The message in `data=`: base64 (standard or URL-safe, padding optional) of a JSON object."""
     if not raw:
         raise BadRequest(
@@ -115,8 +115,8 @@ def decode_data(raw: str | None, max_bytes: int) -> tuple[dict[str, Any], int]:
 async def pixel(request: Request, kind: str) -> Response:
     """GET beacon: same validation, enrichment and storage as a POST; a 1×1 GIF when stored."""
     runtime: Runtime = request.app.state.runtime
-    payload, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
-    await endpoints.ingest(runtime, Caller.of(request.scope), payload, size, kind)
+    parsed, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
+    await endpoints.ingest(runtime, Caller.of(request.scope), parsed, size, kind)
     # no-store: an e-mail client or proxy that caches the image would hide later opens.
     return Response(PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 

@@ -113,6 +113,16 @@ def spec_command(args: argparse.Namespace) -> int:
             for path in spec.write(spec_dir):
                 print(f"wrote {path}")
             return 0
+        if args.spec_action == "table":
+            from collector import spec_table
+
+            loaded = spec.load(spec_dir)
+            if args.write:
+                changed = spec_table.write_readme(Path(args.write), loaded)
+                print(f"{args.write}: {'updated' if changed else 'already up to date'}")
+            else:
+                print(spec_table.render(loaded))
+            return 0
         problems = spec.check(spec_dir)
     except spec.SpecError as exc:
         print(f"collector: spec error: {exc}", file=sys.stderr)
@@ -212,8 +222,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--access-log", action="store_true", help="log every request as JSON (with its request id)")
     run.set_defaults(handler=serve)
 
-    spec_parser = commands.add_parser("spec", help="generate or check the JSON Schemas from spec/*.yaml")
-    spec_parser.add_argument("spec_action", choices=["build", "check"])
+    spec_parser = commands.add_parser(
+        "spec", help="generate or check the JSON Schemas from spec/*.yaml; `table`: README's levels table"
+    )
+    spec_parser.add_argument("spec_action", choices=["build", "check", "table"])
+    spec_parser.add_argument("--write", metavar="README", help="table: rewrite README's levels table in place")
     spec_parser.add_argument("--spec-dir", help="spec directory (default: the project's spec/)")
     spec_parser.set_defaults(handler=spec_command)
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from collector import auth, intake, plans, ratelimit
+from collector import auth, intake, jsonio, plans, ratelimit, repair
 from collector.enrichment import Arrival, enrich, now_micros
 from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
 from collector.intake import Caller
@@ -28,7 +28,8 @@ from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
 from collector.validation import Validators
 
-Invalid = tuple[int, Any, list[dict[str, Any]]]  # (index in the request, message, errors)
+Problem = dict[str, Any]  # {pointer, keyword, message}: a JSON pointer into the message, the rule, what is wrong
+Invalid = tuple[int, Any, list[Problem]]  # (index in the request, message, errors)
 SUCCESS_BODY = b'{"success":true}'
 USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
 
@@ -43,8 +44,8 @@ async def collect(runtime: Runtime, caller: Caller, receive: Receive, kind: str)
     Returns when every event is durably stored (the answer is then 200 {"success": true});
     raises CollectorError for every other answer."""
     body = await intake.read_body(receive, caller, runtime.settings.max_request_bytes)  # 413 / 415 / 400
-    payload = intake.parse_json(body)  # 400
-    await ingest(runtime, caller, payload, len(body), kind)
+    parsed = intake.parse_json(body)  # 400 only for what is not JSON at all
+    await ingest(runtime, caller, parsed, len(body), kind)
 
 
 async def collect_route(request: Request, kind: str) -> Response:
@@ -53,16 +54,25 @@ async def collect_route(request: Request, kind: str) -> Response:
     return success()
 
 
-async def ingest(runtime: Runtime, caller: Caller, payload: dict[str, Any], body_size: int, kind: str) -> None:
-    """The pipeline after the body is parsed; pixel beacons (browser.py) enter here with their `data=`."""
+async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_size: int, kind: str) -> None:
+    """The pipeline after the body is parsed; pixel beacons (browser.py) enter here with their `data=`.
+
+    Contract violations are refused or quarantined (the source's invalidMessages). Quality
+    problems and repairs (`flags`, by index in the request) never drop a message unless the
+    source's qualityEnforcement says so: by default they are stored in context.protocols.violations."""
     settings = runtime.settings
+    payload = parsed.payload
     source = auth.authenticate_source(caller.authorization, payload, caller.query_write_key, settings.write_keys)  # 401
     ratelimit.enforce(runtime, source)  # 429 + Retry-After, when the source has a limit
-    messages, arrival = split(payload, kind, body_size, caller, runtime)  # 400 / 413
-    valid, invalid = validate(messages, runtime, check_sizes=body_size > settings.max_event_bytes)
-    planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid, messages)  # the site's plan
-    kept, events, unstorable = enrich_and_encode(planned.kept, messages, arrival, source)
-    held, refused = sort_invalid(invalid + unstorable, planned, source)  # to quarantine / answered 400
+    messages, arrival, flags = split(payload, kind, body_size, caller, runtime, source)  # 400 / 413
+    if parsed.needs_scrub:
+        scrub_all(messages, flags)  # lone surrogates, NUL, NaN: repaired item by item
+    valid, invalid = validate(messages, runtime, body_size > settings.max_event_bytes, flags)
+    planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid)  # the site's plan
+    enrich_all(planned.kept, arrival, flags)  # clock repairs join the flags
+    flagged, escalated = apply_quality(planned.kept, flags, source)  # record, or hold / refuse per the source
+    kept, events, unstorable = encode_all(flagged, source)
+    held, refused = sort_invalid(invalid + unstorable, escalated, planned, source)  # to quarantine / answered 400
 
     quarantined = quarantine(held, source, arrival.received_at_text)
     began = time.perf_counter()
@@ -74,46 +84,142 @@ async def ingest(runtime: Runtime, caller: Caller, payload: dict[str, Any], body
 
     runtime.count("plan_violations", source.id, planned.violations)
     # Outcomes (accepted, duplicate, quarantined, rejected) are counted by the metrics listener.
-    runtime.notify(IntakeReport(source, events, held, refused, result, write_seconds))  # metrics, debugger
+    runtime.notify(IntakeReport(source, events, held, refused, result, write_seconds, quality_rules(kept, flags)))
     if refused:
         raise rejection(refused, accepted=len(events), total=len(messages))
 
 
-def enrich_and_encode(
-    valid: list[dict[str, Any]], messages: list[Any], arrival: Arrival, source: Source
-) -> tuple[list[dict[str, Any]], list[StoredEvent], list[Invalid]]:
-    """The stored form of each valid message. JSON nested deeper than the encoder allows (255
-    levels; the parser takes 1024) makes that one message invalid, not the whole request a 500."""
+Flags = dict[int, list[dict[str, Any]]]  # index in the request → quality problems and repairs
+Indexed = list[tuple[int, dict[str, Any]]]  # (index in the request, message)
+
+
+def scrub_all(messages: list[Any], flags: Flags) -> None:
+    for index, message in enumerate(messages):
+        if isinstance(message, dict):
+            _repaired, problems = repair.scrub(message)
+            if problems:
+                flags.setdefault(index, []).extend(problems)
+
+
+def enrich_all(valid: Indexed, arrival: Arrival, flags: Flags) -> None:
+    """Each valid message becomes its stored form. A repair enrichment made (a clock value) replaces
+    the schema's finding at the same field, so one problem is recorded once."""
     received_at = arrival.received_at_text
-    kept, events, unstorable = [], [], []
-    for message in valid:
+    for index, message in valid:
+        repairs = enrich(message, arrival, received_at)
+        if repairs:
+            found = flags.get(index)
+            if found:
+                repaired_at = {problem["pointer"] for problem in repairs}
+                repairs = [p for p in found if p["pointer"] not in repaired_at] + repairs
+            flags[index] = repairs
+
+
+def apply_quality(kept: Indexed, flags: Flags, source: Source) -> tuple[Indexed, list[Invalid]]:
+    """(messages to store, messages the source's qualityEnforcement holds back with their problems)."""
+    if not flags:
+        return kept, []
+    escalate = source.quality_enforcement != "allow"
+    stored: Indexed = []
+    escalated: list[Invalid] = []
+    for index, message in kept:
+        problems = flags.get(index)
+        if not problems:
+            stored.append((index, message))
+        elif escalate:
+            escalated.append((index, message, problems))
+        else:
+            record_violations(message, problems)
+            stored.append((index, message))
+    return stored, escalated
+
+
+def record_violations(message: dict[str, Any], problems: list[dict[str, Any]]) -> None:
+    """Quality problems in context.protocols.violations, the shape tracking plans use (plus `rule`)."""
+    context = message["context"]  # enrichment made it an object
+    protocols = context.get("protocols")
+    protocols = dict(protocols) if isinstance(protocols, dict) else {}
+    found = protocols.get("violations")  # a tracking plan's, recorded just before
+    protocols["violations"] = [*(found if isinstance(found, list) else ()), *map(quality_violation, problems)]
+    context["protocols"] = protocols
+
+
+def quality_violation(problem: dict[str, Any]) -> dict[str, Any]:
+    keyword = problem["keyword"]
+    field = problem["pointer"].lstrip("/").replace("/", ".")
+    kind = "Repaired" if keyword in REPAIR_KEYWORDS else plans.VIOLATION_TYPES.get(keyword, "Invalid Value")
+    return {"type": kind, "field": field, "description": problem["message"], "rule": rule_name(problem)}
+
+
+REPAIR_KEYWORDS = frozenset(
+    ("loneSurrogate", "nulCharacter", "nonFiniteNumber", "numericTimestamp", "unparseableTimestamp", "futureTimestamp")
+)
+_INDEX_STEP = re.compile(r"/\d+(?=/|$)")
+
+
+def rule_name(problem: dict[str, Any]) -> str:
+    """`<field>:<keyword>` with array indices as [] (the spec names these fields, so few exist);
+    a scrub repair, which can happen anywhere, is named by its keyword alone."""
+    keyword = problem["keyword"]
+    if keyword in repair.SCRUB_KEYWORDS:
+        return keyword
+    field = _INDEX_STEP.sub("[]", problem["pointer"]).lstrip("/").replace("/", ".")
+    return f"{field}:{keyword}"
+
+
+def quality_rules(stored: Indexed, flags: Flags) -> dict[str, int]:
+    """How many stored messages broke each quality rule (for /metrics)."""
+    counts: dict[str, int] = {}
+    if flags:
+        for index, _message in stored:
+            for problem in flags.get(index, ()):
+                name = rule_name(problem)
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def encode_all(messages: Indexed, source: Source) -> tuple[Indexed, list[StoredEvent], list[Invalid]]:
+    """(messages stored, their rows, messages that cannot be). JSON nested deeper than the encoder
+    allows (255 levels; the parser takes 1024) makes that one message invalid, not the request a 500."""
+    kept: Indexed = []
+    events: list[StoredEvent] = []
+    unstorable: list[Invalid] = []
+    for index, message in messages:
         try:
-            events.append(stored_event(enrich(message, arrival, received_at), source))
-            kept.append(message)
+            events.append(stored_event(message, source))
+            kept.append((index, message))
         except orjson.JSONEncodeError:
-            index = next(i for i, m in enumerate(messages) if m is message)
             problem = {"pointer": "", "keyword": "maxDepth", "message": "JSON nested deeper than 255 levels"}
             unstorable.append((index, message, [problem]))
     return kept, events, unstorable
 
 
-def sort_invalid(invalid: list[Invalid], planned: plans.Outcome, source: Source) -> tuple[list[Invalid], list[Invalid]]:
-    """(to quarantine, to reject): spec violations follow the source's invalidMessages, plan
-    violations its planEnforcement."""
+def sort_invalid(
+    invalid: list[Invalid], escalated: list[Invalid], planned: plans.Outcome, source: Source
+) -> tuple[list[Invalid], list[Invalid]]:
+    """(to quarantine, to reject): contract violations follow the source's invalidMessages, quality
+    problems its qualityEnforcement, plan violations its planEnforcement."""
     held = invalid if source.invalid_messages == "quarantine" else []
     refused = [] if held else invalid
-    if len(invalid) > 1:
-        invalid.sort(key=lambda item: item[0])
-    if planned.quarantined or planned.rejected:
-        held = sorted(held + planned.quarantined, key=lambda item: item[0])
-        refused = sorted(refused + planned.rejected, key=lambda item: item[0])
+    if escalated:
+        if source.quality_enforcement == "quarantine":
+            held = held + escalated
+        else:
+            refused = refused + escalated
+    held = held + planned.quarantined
+    refused = refused + planned.rejected
+    if len(held) > 1:
+        held.sort(key=lambda item: item[0])
+    if len(refused) > 1:
+        refused.sort(key=lambda item: item[0])
     return held, refused
 
 
 def split(
-    payload: dict[str, Any], kind: str, body_size: int, caller: Caller, runtime: Runtime
-) -> tuple[list[Any], Arrival]:
-    """The messages of a request, and what the server knows of its arrival."""
+    payload: dict[str, Any], kind: str, body_size: int, caller: Caller, runtime: Runtime, source: Source
+) -> tuple[list[Any], Arrival, Flags]:
+    """The messages of a request, what the server knows of its arrival, and the envelope's
+    quality problems, which every item of the batch carries."""
     settings = runtime.settings
     ip = client_ip(caller, settings.trusted_proxies)
     user_agent = caller.user_agent
@@ -137,22 +243,22 @@ def split(
                     }
                 ],
             )
-        return [payload], Arrival(now, ip, user_agent)
-    messages = intake.split_batch(payload, settings.max_batch_events)
-    envelope_errors = envelope_problems(payload, runtime.validators)
-    if envelope_errors:
-        raise InvalidMessage(
-            "Invalid batch envelope", "Fix the envelope fields named in errors.", errors=envelope_errors
-        )
+        return [payload], Arrival(now, ip, user_agent), {}
+    messages = intake.split_batch(payload, settings.max_batch_events, source.quality_enforcement == "reject")
+    contract, quality = envelope_problems(payload, runtime.validators)
+    if contract:
+        raise InvalidMessage("Invalid batch envelope", "Fix the envelope fields named in errors.", errors=contract)
     merge_envelope(messages, payload.get("context"), payload.get("integrations"))
-    return messages, Arrival(now, ip, user_agent, payload.get("sentAt"))
+    flags: Flags = {index: list(quality) for index in range(len(messages))} if quality else {}
+    return messages, Arrival(now, ip, user_agent, payload.get("sentAt")), flags
 
 
 def merge_envelope(messages: list[Any], context: Any, integrations: Any) -> None:
     """The envelope's context and integrations go into every item (the item's keys win), before
-    validation and plans, so both see what will be stored."""
+    validation and plans, so both see what will be stored. One that is not an object is ignored
+    (a quality problem of the envelope)."""
     for name, shared in (("context", context), ("integrations", integrations)):
-        if not shared:
+        if not shared or not isinstance(shared, dict):
             continue
         for message in messages:
             if isinstance(message, dict):
@@ -163,47 +269,54 @@ def merge_envelope(messages: list[Any], context: Any, integrations: Any) -> None
                     message[name] = shared | own
 
 
-def envelope_problems(payload: dict[str, Any], validators: Validators) -> list[dict[str, Any]]:
-    """Envelope-level schema errors; item errors are reported per item instead."""
-    errors = validators.errors_for("batch", payload)
-    return [e for e in errors or () if not e["pointer"].startswith("/batch/")]
+def envelope_problems(payload: dict[str, Any], validators: Validators) -> tuple[list[Problem], list[Problem]]:
+    """(contract errors, quality problems) of the envelope; item errors are reported per item."""
+    found = validators.errors_for("batch", payload)
+    if not found:
+        return [], []
+    contract = [e for e in validators.errors_for("contract/batch", payload) or () if not _in_items(e)]
+    if contract:
+        return contract, []
+    return [], [e for e in found if not _in_items(e)]
 
 
-def validate(
-    messages: list[Any], runtime: Runtime, check_sizes: bool
-) -> tuple[list[dict[str, Any]], list[tuple[int, Any, list[dict[str, Any]]]]]:
-    """Valid messages, and (index, message, errors) for the invalid ones."""
+def _in_items(problem: Problem) -> bool:
+    return problem["pointer"].startswith("/batch/")
+
+
+def validate(messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags) -> tuple[Indexed, list[Invalid]]:
+    """(index, message) of the messages that meet the contract, and (index, message, errors) of
+    those that do not. The quality problems of valid ones are added to `flags`."""
     validators = runtime.validators
     by_type = validators.by_type
     max_bytes = runtime.settings.max_event_bytes
-    valid, invalid = [], []
+    valid: Indexed = []
+    invalid: list[Invalid] = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             invalid.append(
                 (index, message, [{"pointer": "", "keyword": "type", "message": "a message must be an object"}])
             )
             continue
-        if check_sizes and len(orjson.dumps(message)) > max_bytes:
-            invalid.append(
-                (
-                    index,
-                    message,
-                    [
-                        {
-                            "pointer": "",
-                            "keyword": "maxEventBytes",
-                            "message": f"event is larger than maxEventBytes ({max_bytes} bytes)",
-                        }
-                    ],
-                )
-            )
+        if check_sizes and len(jsonio.dumps(message)) > max_bytes:
+            problem = {
+                "pointer": "",
+                "keyword": "maxEventBytes",
+                "message": f"event is larger than maxEventBytes ({max_bytes} bytes)",
+            }
+            invalid.append((index, message, [problem]))
             continue
         kind = message.get("type")
         validator = by_type.get(kind) if type(kind) is str else None  # a sent type may be any JSON
         if validator is not None and validator.is_valid(message):  # the usual case, without a call more
-            valid.append(message)
+            valid.append((index, message))
+            continue
+        errors, quality = validators.check(message) if validator is not None else (validators.errors(message), [])
+        if errors is not None:
+            invalid.append((index, message, errors))
         else:
-            invalid.append((index, message, validators.errors(message) or []))
+            flags.setdefault(index, []).extend(quality)
+            valid.append((index, message))
     return valid, invalid
 
 
@@ -221,7 +334,7 @@ def stored_event(message: dict[str, Any], source: Source) -> StoredEvent:
         get("anonymousId"),
         message["receivedAt"],
         message["timestamp"],
-        orjson.dumps(message),
+        jsonio.dumps(message),  # integers of any size keep their digits
     )
 
 
@@ -250,7 +363,7 @@ def quarantine(
 
 def encode_for_quarantine(message: Any) -> bytes:
     try:
-        return orjson.dumps(message)
+        return jsonio.dumps(message)
     except orjson.JSONEncodeError:  # deeper than orjson encodes: keep it as one JSON string
         try:
             return orjson.dumps({"tooDeep": True, "json": json.dumps(message)})
@@ -279,11 +392,11 @@ def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: in
     )
 
 
-def profile_updates(kept: list[dict[str, Any]], inserted: frozenset[str] | None) -> list[tuple[str, dict[str, Any]]]:
+def profile_updates(kept: Indexed, inserted: frozenset[str] | None) -> list[tuple[str, dict[str, Any]]]:
     """(userId, traits) of each identify whose userId is a profile (usr_…): its traits merge into
     that profile, once: a re-sent identify (a duplicate) does not overwrite newer traits."""
     updates = []
-    for message in kept:
+    for _index, message in kept:
         if message["type"] != "identify" or (inserted is not None and message["messageId"] not in inserted):
             continue
         user_id, traits = message.get("userId"), message.get("traits")

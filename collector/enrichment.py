@@ -5,6 +5,9 @@ Timestamps (see README "Timestamps"):
   timestamp         = receivedAt − (sentAt − originalTimestamp)   sentAt: the event's, else the envelope's
   fallbacks         no/unparseable sentAt → the client's timestamp (UTC, ms);
                     no/unparseable client timestamp → receivedAt
+  repairs           a number is epoch milliseconds (seconds below 10^11); an impossible date, or a
+                    time more than 24 h after receivedAt, gives timestamp = receivedAt. Each is
+                    returned as a problem (recorded as a quality violation), the raw value kept.
 """
 
 from __future__ import annotations
@@ -15,13 +18,45 @@ from typing import Any
 
 from collector.ids import unique_hex
 
-_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
+_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId", "messageId")
+_SECONDS_BELOW = 10**11  # an epoch number below this is seconds (year 5138), above it milliseconds
+_FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # a client time further ahead than this is not believed
+_NO_PROBLEMS: list[dict[str, Any]] = []  # shared, never appended to: most messages have none
+_TIME_PROBLEMS = {
+    "numericTimestamp": "a number, read as epoch {unit}",
+    "unparseableTimestamp": "not an ISO-8601 date-time; ignored (the raw value is kept)",
+    "futureTimestamp": "more than 24 h after receivedAt; timestamp is receivedAt (the raw value is kept)",
+}
+# keyword → (what arrives, what is stored), for README's table.
+TIME_REPAIRS = {
+    "numericTimestamp": (
+        "a number in `timestamp` or `sentAt` (`Date.now()`)",
+        "read as epoch milliseconds (seconds below 10^11); `timestamp` in ISO-8601, "
+        "the raw number in `originalTimestamp`",
+    ),
+    "unparseableTimestamp": (
+        "an impossible or unreadable date (`2024-02-30T00:00:00Z`, an object)",
+        "`timestamp` = `receivedAt`, the raw value in `originalTimestamp` (a bad `sentAt` is not used for skew)",
+    ),
+    "futureTimestamp": (
+        "a client time more than 24 h after `receivedAt` once skew-corrected (year 9999)",
+        "`timestamp` = `receivedAt`, the raw value in `originalTimestamp`",
+    ),
+}
 
 
 class Arrival:
     """What the server knows about the request, the same for every message in it."""
 
-    __slots__ = ("received_us", "ip", "user_agent", "envelope_sent_at", "envelope_sent_us", "received_at_text")
+    __slots__ = (
+        "received_us",
+        "ip",
+        "user_agent",
+        "envelope_sent_at",
+        "envelope_sent_us",
+        "envelope_sent_problem",
+        "received_at_text",
+    )
 
     def __init__(self, received_us: int, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None) -> None:
         self.received_us = received_us  # microseconds since the Unix epoch
@@ -29,7 +64,7 @@ class Arrival:
         self.user_agent = user_agent
         self.envelope_sent_at = envelope_sent_at  # the batch's sentAt, for items without their own
         # Parsed and formatted once per request, not once per event.
-        self.envelope_sent_us = parse_micros(envelope_sent_at)
+        self.envelope_sent_us, self.envelope_sent_problem = client_micros(envelope_sent_at)
         self.received_at_text = format_micros(received_us)
 
 
@@ -87,12 +122,32 @@ def parse_micros(value: Any) -> int | None:
     return None if moment is None else micros(moment)
 
 
+def client_micros(value: Any) -> tuple[int | None, str | None]:
+    """A client-sent time in µs since the epoch, and the repair it took (a _TIME_PROBLEMS key)."""
+    if value is None:
+        return None, None
+    if type(value) is str:
+        moment = parse_time(value)
+        return (None, "unparseableTimestamp") if moment is None else (micros(moment), None)
+    if type(value) in (int, float) and value == value and abs(value) < 1e17:  # not NaN, not absurd
+        scale = 1_000_000 if abs(value) < _SECONDS_BELOW else 1000
+        return int(value * scale), "numericTimestamp"
+    return None, "unparseableTimestamp"
+
+
+def time_problem(field: str, keyword: str, value: Any) -> dict[str, Any]:
+    text = _TIME_PROBLEMS[keyword]
+    if keyword == "numericTimestamp":
+        text = text.format(unit="seconds" if abs(value) < _SECONDS_BELOW else "milliseconds")
+    return {"pointer": f"/{field}", "keyword": keyword, "message": f"{field} is {text}"}
+
+
 def new_message_id() -> str:
     return "api-" + unique_hex()
 
 
-def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> dict[str, Any]:
-    """The stored form of a validated message. Mutates and returns `message`."""
+def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> list[dict[str, Any]]:
+    """Make `message` its stored form (in place). Returns the repairs it took (usually none)."""
     message.pop("writeKey", None)  # credentials are never stored
     for name in _ID_FIELDS:
         value = message.get(name, "")
@@ -101,7 +156,7 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
         if value is None:
             del message[name]  # python and the browser send null for "absent"
         elif type(value) is int:
-            message[name] = str(value)
+            message[name] = str(value)  # exact digits, whatever the size
         elif type(value) is float:  # JSON Schema's "integer" admits 1.0
             message[name] = str(int(value))
 
@@ -116,34 +171,41 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
     if not message.get("messageId"):
         message["messageId"] = new_message_id()
 
+    problems = _NO_PROBLEMS
     client_time = message.get("timestamp")
     sent_at = message.get("sentAt")
     if sent_at is None and arrival.envelope_sent_at is not None:
-        message["sentAt"] = arrival.envelope_sent_at
-        sent = arrival.envelope_sent_us
+        message["sentAt"] = sent_at = arrival.envelope_sent_at
+        sent, sent_problem = arrival.envelope_sent_us, arrival.envelope_sent_problem
     else:
-        sent = parse_micros(sent_at)
+        sent, sent_problem = client_micros(sent_at)
+    if sent_problem is not None:
+        problems = [time_problem("sentAt", sent_problem, sent_at)]
     message.pop("originalTimestamp", None)
     if client_time is None:
         message["timestamp"] = received_at_text
     else:
         message["originalTimestamp"] = client_time
-        original = parse_micros(client_time)
+        original, time_repair = client_micros(client_time)
+        if original is not None:
+            corrected = original if sent is None else arrival.received_us - (sent - original)
+            if corrected - arrival.received_us > _FUTURE_LIMIT_US:
+                original, time_repair = None, "futureTimestamp"
         if original is None:
             message["timestamp"] = received_at_text
-        elif sent is None:
-            message["timestamp"] = _safe_format(original, received_at_text)
         else:
-            try:
-                message["timestamp"] = format_micros(arrival.received_us - (sent - original))
-            except (OverflowError, ValueError):  # absurd dates: keep the client's own time
-                message["timestamp"] = _safe_format(original, received_at_text)
+            message["timestamp"] = _safe_format(corrected, original, received_at_text)
+        if time_repair is not None:
+            problems = [*problems, time_problem("timestamp", time_repair, client_time)]
     message["receivedAt"] = received_at_text
-    return message
+    return problems
 
 
-def _safe_format(moment: int, fallback: str) -> str:
-    try:
-        return format_micros(moment)
-    except (OverflowError, ValueError):
-        return fallback
+def _safe_format(moment: int, fallback_moment: int, fallback: str) -> str:
+    """Absurd dates (before year 1 or past 9999 after correction) keep the client's own time."""
+    for candidate in (moment, fallback_moment):
+        try:
+            return format_micros(candidate)
+        except (OverflowError, ValueError):
+            continue
+    return fallback

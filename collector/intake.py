@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import orjson
 from starlette.types import Receive, Scope
 
+from collector import jsonio
 from collector.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedEncoding
 
+_NUL_ESCAPE = b"\\u0000"  # PostgreSQL cannot store it; raw NUL bytes are not JSON at all
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -138,24 +140,38 @@ def inflate(raw: bytes, encoding: str, max_bytes: int) -> bytes:
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """One JSON object, whatever the Content-Type (browsers send text/plain)."""
+class Parsed(NamedTuple):
+    payload: dict[str, Any]
+    needs_scrub: bool  # it may hold what repair.scrub must mend (lone surrogates, NUL, NaN)
+
+
+def parse_json(body: bytes) -> Parsed:
+    """One JSON object, whatever the Content-Type (browsers send text/plain). Integers keep their
+    exact digits (jsonio). A body orjson refuses only for what a real client writes and storage
+    can be given mended (a lone surrogate escape, Python's NaN/Infinity) is taken by the lenient
+    parser, to be repaired item by item rather than lose the whole request."""
     if not body:
         raise InvalidJSON("Empty body", "The body must be one JSON object; it was empty.")
+    needs_scrub = _NUL_ESCAPE in body
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(more_info=f"The body is not valid JSON: {exc}.") from None
+        payload = jsonio.loads(body)
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        try:
+            payload = jsonio.exact_loads(body, lenient=True)
+        except ValueError:
+            raise InvalidJSON(more_info=f"The body is not valid JSON: {exc}.") from None
+        needs_scrub = True
     if not isinstance(payload, dict):
         raise InvalidJSON(
             "Body is not a JSON object",
             f"The top level must be a JSON object, got {type(payload).__name__}.",
         )
-    return payload
+    return Parsed(payload, needs_scrub)
 
 
-def split_batch(payload: dict[str, Any], max_events: int) -> list[Any]:
-    """The `batch` array of an envelope; 400 if absent, 413 past the count limit."""
+def split_batch(payload: dict[str, Any], max_events: int, reject_empty: bool = False) -> list[Any]:
+    """The `batch` array of an envelope; 400 if absent, 413 past the count limit. An empty batch
+    loses nothing: it is answered 200 unless the source rejects quality problems."""
     batch = payload.get("batch")
     if not isinstance(batch, list):
         raise BadRequest(
@@ -164,7 +180,7 @@ def split_batch(payload: dict[str, Any], max_events: int) -> list[Any]:
             code="invalid_batch",
             errors=[{"pointer": "/batch", "keyword": "type", "message": "batch must be an array of messages"}],
         )
-    if not batch:
+    if not batch and reject_empty:
         raise BadRequest(
             "Empty batch",
             "`batch` must hold at least one message.",

@@ -6,6 +6,8 @@
 - `collector_request_duration_seconds{method, route, status}`: route is the path template.
 - `collector_storage_write_seconds` and `collector_storage_write_events`: each hand-over to
   storage, from call until durable (group-commit wait included), and its number of events.
+- `collector_quality_violations_total{source, rule}`: stored messages that broke a quality rule
+  or were repaired (rule: `<field>:<keyword>`, or a repair's name), see README "What is rejected".
 - `collector_sdk_telemetry_requests_total`, `collector_sdk_telemetry_series_total` (POST /v1/m)
   and `collector_rate_limited_total{source}`, read from the runtime counters at scrape time.
 
@@ -114,6 +116,12 @@ class Metrics(Collector):
             "Events by outcome (accepted, duplicate, quarantined, rejected), type and source.",
             ["outcome", "type", "source"],
         )
+        self.quality = Tally(
+            "collector_quality_violations",
+            "Stored messages with a quality violation or repair, by source and rule (never dropped for it).",
+            ["source", "rule"],
+        )
+        self.tallies = [self.events, self.quality]
         self.request_seconds = LabelledHistogram(
             "collector_request_duration_seconds",
             "HTTP request latency, from request start until the last byte of the answer.",
@@ -139,7 +147,7 @@ class Metrics(Collector):
     def state(self) -> dict[str, Any]:
         """What this process has counted (the runtime's counters too), as JSON-able lists."""
         return {
-            "events": [[*key, value] for key, value in self.events.values.items()],
+            "tallies": {t.name: [[*key, value] for key, value in t.values.items()] for t in self.tallies},
             "histograms": {
                 h.name: [[list(key), counts, total] for key, (counts, total) in h.snapshot().items()]
                 for h in self.histograms
@@ -148,20 +156,25 @@ class Metrics(Collector):
         }
 
     def collect(self) -> Iterator[Any]:
-        events, series, counters = self.pooled()
-        yield self.events.family(events)
+        tallies, series, counters = self.pooled()
+        for tally in self.tallies:
+            yield tally.family(tallies.get(tally.name, {}))
         for histogram in self.histograms:
             yield histogram.family(series.get(histogram.name, {}))
         yield from counter_families(counters)
 
-    def pooled(self) -> tuple[dict[Any, float], dict[str, dict[Any, tuple[list[int], float]]], Counter[Any]]:
+    def pooled(
+        self,
+    ) -> tuple[dict[str, dict[Any, float]], dict[str, dict[Any, tuple[list[int], float]]], Counter[Any]]:
         """This process's live figures, plus the other workers' latest when they pool them."""
-        events = dict(self.events.values)
+        tallies = {tally.name: dict(tally.values) for tally in self.tallies}
         series = {h.name: h.snapshot() for h in self.histograms}
         counters: Counter[tuple[str, str]] = Counter(self.runtime.counters)
         for state in self.pool.others() if self.pool else ():
-            for *key, value in state["events"]:
-                events[tuple(key)] = events.get(tuple(key), 0) + value
+            for name, entries in state["tallies"].items():
+                values = tallies.setdefault(name, {})
+                for *key, value in entries:
+                    values[tuple(key)] = values.get(tuple(key), 0) + value
             for name, entries in state["histograms"].items():
                 mine = series.setdefault(name, {})
                 for key, counts, total in entries:
@@ -171,7 +184,7 @@ class Metrics(Collector):
                     mine[tuple(key)] = (counts, total)
             for name, source, value in state["counters"]:
                 counters[(name, source)] += value
-        return events, series, counters
+        return tallies, series, counters
 
     def request_timer(self, method: str, route: str, status: int) -> Buckets:
         return self.request_seconds.child((method, route, str(status)))
@@ -206,6 +219,8 @@ class Metrics(Collector):
                 sent_type = message.get("type") if isinstance(message, dict) else None
                 kind = sent_type if isinstance(sent_type, str) and sent_type in EVENT_TYPES else "unknown"
                 count((outcome, kind, source))  # a sent type may be any JSON
+        for rule, number in report.quality.items():
+            self.quality.inc((source, rule), number)
 
 
 def counter_families(counters: Counter[tuple[str, str]]) -> Iterator[CounterMetricFamily]:

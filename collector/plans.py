@@ -337,35 +337,31 @@ def annotate(message: dict[str, Any], plan: Plan, verdict: Verdict) -> None:
 
 @dataclass
 class Outcome:
-    kept: list[dict[str, Any]]
+    kept: list[tuple[int, dict[str, Any]]]  # (index in the request, message)
     quarantined: list[tuple[int, Any, list[dict[str, Any]]]]
     rejected: list[tuple[int, Any, list[dict[str, Any]]]]
     violations: int
 
 
-def enforce(plan: Plan | None, enforcement: str, messages: list[dict[str, Any]], all_messages: list[Any]) -> Outcome:
-    """Apply a source's plan to its valid messages: keep (allow/omit), quarantine or reject."""
+def enforce(plan: Plan | None, enforcement: str, messages: list[tuple[int, dict[str, Any]]]) -> Outcome:
+    """Apply a source's plan to its valid (index, message)s: keep (allow/omit), quarantine or reject."""
     if plan is None:
         return Outcome(messages, [], [], 0)
-    kept: list[dict[str, Any]] = []
+    kept: list[tuple[int, dict[str, Any]]] = []
     held: list[tuple[int, Any, list[dict[str, Any]]]] = []
     count = 0
-    positions: dict[int, int] | None = None
-    for message in messages:
+    for index, message in messages:
         verdict = check(plan, message)
-        if verdict.violations and enforcement in ("quarantine", "reject"):
-            if positions is None:
-                positions = {id(m): i for i, m in enumerate(all_messages)}
-            held.append((positions[id(message)], message, verdict.errors))
-            count += len(verdict.violations)
-            continue
         count += len(verdict.violations)
+        if verdict.violations and enforcement in ("quarantine", "reject"):
+            held.append((index, message, verdict.errors))
+            continue
         if enforcement == "omit":
             apply_omissions(message, verdict)
         else:  # unplannedProperties: omit drops unplanned keys whatever the enforcement
             drop(message, verdict.omitted)
         annotate(message, plan, verdict)
-        kept.append(message)
+        kept.append((index, message))
     if enforcement == "quarantine":
         return Outcome(kept, held, [], count)
     return Outcome(kept, [], held, count)

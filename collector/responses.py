@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.responses import Response
+
+from collector import jsonio
 
 
 def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+    return Response(jsonio.dumps(content), status_code=status, media_type="application/json")  # exact integers

@@ -23,6 +23,7 @@ class IntakeReport(NamedTuple):
     rejected: list[tuple[int, Any, list[dict[str, Any]]]]  # (index, message, errors), answered 400
     result: WriteResult
     write_seconds: float  # from handing the events to storage until they were durable
+    quality: dict[str, int]  # quality rule → stored messages that broke it (recorded, not dropped)
 
 
 @dataclass

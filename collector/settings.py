@@ -25,6 +25,7 @@ from collector.errors import ConfigError
 WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
 INVALID_MESSAGE_MODES = ("reject", "quarantine")
 PLAN_ENFORCEMENTS = ("allow", "omit", "quarantine", "reject")
+QUALITY_ENFORCEMENTS = ("allow", "quarantine", "reject")  # allow: store and flag (the default)
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -83,6 +84,7 @@ class Source:
     rate_limit: tuple[float, float] | None = None  # (tokens per second, bucket size); None = unlimited
     tracking_plan: str | None = None  # name of a plan in the plans directory (collector/plans.py)
     plan_enforcement: str = "allow"  # allow | omit | quarantine | reject
+    quality_enforcement: str = "allow"  # allow | quarantine | reject: for messages with quality violations
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,9 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             plan_enforcement = str(src_doc.get("planEnforcement", "allow"))
             if plan_enforcement not in PLAN_ENFORCEMENTS:
                 raise ConfigError(f"{s_where}.planEnforcement must be one of {PLAN_ENFORCEMENTS}")
+            quality_enforcement = str(src_doc.get("qualityEnforcement", "allow"))
+            if quality_enforcement not in QUALITY_ENFORCEMENTS:
+                raise ConfigError(f"{s_where}.qualityEnforcement must be one of {QUALITY_ENFORCEMENTS}")
             source = Source(
                 id=str(src_doc.get("id") or f"src_{index}_{s_index}"),
                 name=str(src_doc.get("name", src_doc.get("id", ""))),
@@ -239,6 +244,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
                 else default_rate,
                 tracking_plan=str(src_doc["trackingPlan"]) if src_doc.get("trackingPlan") else None,
                 plan_enforcement=plan_enforcement,
+                quality_enforcement=quality_enforcement,
             )
             if source.id in source_ids:
                 raise ConfigError(f"{s_where}.id {source.id!r} is used by another source (ids are global)")

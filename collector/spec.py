@@ -3,6 +3,12 @@
 The YAML is the source of truth; the generated schemas are committed so that other
 implementations (and the conformance kit) can use them without running this code.
 `check()` reports stale or invalid schemas; a test runs it.
+
+Every rule has one of two levels (see spec/common.yaml, "Levels"):
+- contract: what makes a message a message. `spec/schemas/contract/<type>.json` holds only these.
+- quality: the keywords a field spec lists under `quality:` (reserved types, formats, our
+  lengths). `spec/schemas/<type>.json` holds both levels; a message that breaks only quality
+  rules is stored and flagged, never dropped (unless its source says otherwise).
 """
 
 from __future__ import annotations
@@ -88,23 +94,56 @@ def load(spec_dir: Path) -> Spec:
     )
 
 
-class _Generator:
-    """Turns field specs into schema fragments, collecting the definitions they use."""
+LEVELS = ("contract", "full")  # full = contract + quality
 
-    def __init__(self, definitions: dict[str, dict[str, Any]]) -> None:
+
+class _Generator:
+    """Turns field specs into schema fragments, collecting the definitions they use.
+
+    `level`: "contract" leaves out every `quality:` block, "full" merges them in.
+    `null_optional`: an optional field also accepts null (a message's "null means absent")."""
+
+    def __init__(
+        self, definitions: dict[str, dict[str, Any]], level: str = "full", null_optional: bool = False
+    ) -> None:
+        if level not in LEVELS:
+            raise SpecError(f"unknown level {level!r}")
         self.definitions = definitions
+        self.level = level
+        self.null_optional = null_optional
         self.used: dict[str, dict[str, Any]] = {}
 
+    def at_level(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        """The field spec as this level sees it."""
+        quality = spec.get("quality")
+        if quality is None:
+            return spec
+        if not isinstance(quality, dict):
+            raise SpecError(f"{where}.quality: a mapping of the quality-level keywords")
+        base = {k: v for k, v in spec.items() if k != "quality"}
+        if self.level == "contract":
+            return base
+        merged = base | quality
+        if "fields" in base and "fields" in quality:
+            merged["fields"] = dict(base["fields"] or {}) | dict(quality["fields"] or {})
+        return merged
+
     def field(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        spec = self.at_level(spec, where)
         if "use" in spec:
             name = spec["use"]
             if name not in self.definitions:
                 raise SpecError(f"{where}: unknown definition {name!r}")
+            if self.null_optional and spec.get("required"):
+                raise SpecError(f"{where}: a message's definitions admit null (null means absent); inline it")
             if name not in self.used:
                 self.used[name] = {}  # placeholder first: definitions may refer to each other
-                self.used[name] = self.field(self.definitions[name], f"definitions.{name}")
+                definition = self.definitions[name]
+                if self.null_optional:  # every use of it is optional: null inside, so errors point deep
+                    definition = definition | {"nullable": True}
+                self.used[name] = self.field(definition, f"definitions.{name}")
             ref: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
-            if spec.get("nullable"):
+            if spec.get("nullable") and not self.null_optional:
                 return {"anyOf": [ref, {"type": "null"}]}
             return ref
         schema: dict[str, Any] = {}
@@ -122,13 +161,11 @@ class _Generator:
                 json_types += fragment_types if isinstance(fragment_types, list) else [fragment_types]
             if "format" in fragment:
                 schema["format"] = fragment["format"]
-        if spec.get("nullable"):
+        if spec.get("nullable") and json_types:  # a field of any type admits null already
             json_types.append("null")
         if json_types:
             unique = list(dict.fromkeys(json_types))
             schema["type"] = unique[0] if len(unique) == 1 else unique
-        if "id" in types and "minLength" not in spec:
-            schema["minLength"] = 1
         for key in _PASSTHROUGH:
             if key in spec:
                 schema[key] = spec[key]
@@ -146,9 +183,11 @@ class _Generator:
         for name, field_spec in (fields or {}).items():
             if not isinstance(field_spec, dict):
                 raise SpecError(f"{where}.{name}: a field spec is a mapping")
-            body["properties"][name] = self.field(field_spec, f"{where}.{name}")
             if field_spec.get("required"):
                 required.append(name)
+            elif self.null_optional and not field_spec.get("nullable"):
+                field_spec = field_spec | {"nullable": True}
+            body["properties"][name] = self.field(field_spec, f"{where}.{name}")
         if required:
             body["required"] = required
         if not additional:
@@ -176,14 +215,18 @@ def _identity_rule(identity: Any, where: str) -> dict[str, Any]:
     }
 
 
-def call_schema(spec: Spec, call: str) -> dict[str, Any]:
+def _schema_id(name: str, level: str) -> str:
+    return f"{SCHEMA_ID_BASE}{'contract/' if level == 'contract' else ''}{name}.json"
+
+
+def call_schema(spec: Spec, call: str, level: str = "full") -> dict[str, Any]:
     doc = spec.calls[call]
-    generator = _Generator(spec.definitions)
+    generator = _Generator(spec.definitions, level, null_optional=True)
     fields = dict(spec.common["fields"]) | dict(doc.get("fields") or {})
     schema: dict[str, Any] = {
         "$schema": DIALECT,
-        "$id": f"{SCHEMA_ID_BASE}{call}.json",
-        "title": f"Segment {call} message",
+        "$id": _schema_id(call, level),
+        "title": f"Segment {call} message" + (" (contract)" if level == "contract" else ""),
         "description": " ".join(doc["description"].split()),
         "type": "object",
     }
@@ -194,12 +237,12 @@ def call_schema(spec: Spec, call: str) -> dict[str, Any]:
     return generator.finish(schema)
 
 
-def batch_schema(spec: Spec) -> dict[str, Any]:
-    generator = _Generator(spec.definitions)
+def batch_schema(spec: Spec, level: str = "full") -> dict[str, Any]:
+    generator = _Generator(spec.definitions, level, null_optional=True)
     schema: dict[str, Any] = {
         "$schema": DIALECT,
-        "$id": f"{SCHEMA_ID_BASE}batch.json",
-        "title": "Segment batch envelope",
+        "$id": _schema_id("batch", level),
+        "title": "Segment batch envelope" + (" (contract)" if level == "contract" else ""),
         "description": " ".join(spec.batch["description"].split()),
         "type": "object",
     }
@@ -231,6 +274,8 @@ def build(spec_dir: Path) -> dict[str, dict[str, Any]]:
     spec = load(spec_dir)
     schemas = {call: call_schema(spec, call) for call in CALL_TYPES}
     schemas["batch"] = batch_schema(spec)
+    schemas.update({f"contract/{call}": call_schema(spec, call, "contract") for call in CALL_TYPES})
+    schemas["contract/batch"] = batch_schema(spec, "contract")
     schemas.update(extra_schemas(spec))
     from collector.plans import load_plans  # plans use this module's generator
 
@@ -280,6 +325,9 @@ def check(spec_dir: Path) -> list[str]:
 
 
 def load_schemas(spec_dir: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The committed schemas, as the server uses them."""
+    """The committed schemas, as the server uses them: `<name>` (both levels) and `contract/<name>`."""
     out_dir = (spec_dir or default_spec_dir()) / "schemas"
-    return {path.stem: orjson.loads(path.read_bytes()) for path in sorted(out_dir.glob("*.json"))}
+    schemas = {path.stem: orjson.loads(path.read_bytes()) for path in sorted(out_dir.glob("*.json"))}
+    for path in sorted((out_dir / "contract").glob("*.json")):
+        schemas[f"contract/{path.stem}"] = orjson.loads(path.read_bytes())
+    return schemas

@@ -1,7 +1,9 @@
-"""The validation stage: each message against the compiled schema of its type.
+"""The validation stage: each message against the compiled schemas of its type, at two levels.
 
-Validators are compiled once at start-up (jsonschema-rs). The common case, a valid message,
-costs one `is_valid` call; errors are collected only for invalid ones.
+Validators are compiled once at start-up (jsonschema-rs). The common case, a message that meets
+both the contract and the quality rules, costs one `is_valid` call against the full schema; the
+contract schema is consulted only when that fails, to tell "not a message" (contract errors)
+from "a message with quality problems" (stored and flagged).
 """
 
 from __future__ import annotations
@@ -24,15 +26,25 @@ def pointer(path: Any) -> str:
 class Validators:
     def __init__(self, schemas: dict[str, dict[str, Any]]) -> None:
         self.schemas = schemas
-        self.by_type = {name: jsonschema_rs.validator_for(schemas[name]) for name in CALL_TYPES}
-        self.extra = {
-            name: jsonschema_rs.validator_for(schema) for name, schema in schemas.items() if name not in self.by_type
+        self.by_type = {name: jsonschema_rs.validator_for(schemas[name]) for name in CALL_TYPES}  # both levels
+        self.contract_by_type = {name: jsonschema_rs.validator_for(schemas[f"contract/{name}"]) for name in CALL_TYPES}
+        compiled = {*CALL_TYPES, *(f"contract/{name}" for name in CALL_TYPES)}
+        self.extra = {  # the batch envelope (both levels) and the profile API's bodies
+            name: jsonschema_rs.validator_for(schema) for name, schema in schemas.items() if name not in compiled
         }
 
+    def check(self, message: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+        """(contract errors or None, quality problems) of a message whose full check failed."""
+        contract = self.errors(message)
+        if contract is not None:
+            return contract, []
+        kind = message["type"]
+        return None, self._describe(self.by_type[kind], self.schemas[kind], message)
+
     def errors(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """None when the message is valid, else its errors: pointer, keyword, message."""
+        """None when the message meets the contract, else its errors: pointer, keyword, message."""
         kind = message.get("type")
-        validator = self.by_type.get(kind) if isinstance(kind, str) else None
+        validator = self.contract_by_type.get(kind) if isinstance(kind, str) else None
         if validator is None:
             return [
                 {
@@ -43,7 +55,7 @@ class Validators:
             ]
         if validator.is_valid(message):
             return None
-        return self._describe(validator, self.schemas[message["type"]], message)
+        return self._describe(validator, self.schemas[f"contract/{kind}"], message)
 
     def errors_for(self, schema_name: str, instance: Any) -> list[dict[str, Any]] | None:
         validator = self.extra[schema_name]

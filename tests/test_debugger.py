@@ -154,7 +154,10 @@ def test_with_workers_every_stream_shows_every_workers_arrivals(tmp_path: Path, 
                 seen = next_arrivals(lines, len(sent))
         assert sorted(entry["message"]["messageId"] for _, entry in seen) == sorted(sent)  # each once
         time.sleep(Pool.PUBLISH_SECONDS + 0.5)
-        per_worker = [sum(entry[-1] for entry in orjson.loads(p.read_bytes())["events"]) for p in pool.glob("*.json")]
+        per_worker = [
+            sum(entry[-1] for entry in orjson.loads(p.read_bytes())["tallies"]["collector_events"])
+            for p in pool.glob("*.json")
+        ]
         assert all(0 < count < len(sent) for count in per_worker), f"one worker took every event: {per_worker}"
 
         ids = sorted(entry_id for entry_id, _ in seen)

@@ -188,7 +188,7 @@ def test_source_ids_are_unique_across_workspaces(tmp_path: Path) -> None:
             source.pop("id")
     path.write_text(yaml.safe_dump(doc))
     ids = {source.id for source in load(path, environ={}).write_keys.values()}
-    assert len(ids) == 3  # defaults differ across workspaces
+    assert len(ids) == 4  # defaults differ across workspaces
 
 
 # --- SQLite lock contention ------------------------------------------------------------------------

@@ -17,7 +17,9 @@ RECEIVED = datetime(2026, 11, 23, 12, 0, 0, 500_000, tzinfo=UTC)
 
 def enriched(message: dict[str, Any], **arrival: Any) -> dict[str, Any]:
     context = Arrival(received_us=micros(RECEIVED), ip="198.51.100.1", user_agent=None, **arrival)
-    return enrich(dict(message), context, format_time(RECEIVED))
+    stored = dict(message)
+    enrich(stored, context, format_time(RECEIVED))  # in place; returns the repairs it made
+    return stored
 
 
 def test_per_event_sent_at_corrects_the_client_clock() -> None:

@@ -13,10 +13,24 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from collector.enrichment import parse_time
-from conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, WRITE_KEY, basic, bearer, make_client, scrape, stored, value
+from conftest import (
+    ADMIN,
+    OTHER_KEY,
+    QUARANTINE_KEY,
+    STRICT_KEY,
+    WRITE_KEY,
+    basic,
+    bearer,
+    config_doc,
+    make_client,
+    scrape,
+    stored,
+    value,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORT = {"track": "t", "identify": "i", "page": "p", "screen": "s", "group": "g", "alias": "a"}
@@ -274,16 +288,42 @@ def test_quarantine_mode_answers_200_and_keeps_invalid_events_with_errors(client
     ]
 
 
+MIXED_BATCH = {
+    "batch": [
+        {"type": "track", "event": "A", "userId": "u", "messageId": "ok-1"},
+        {"type": "track", "event": "B", "userId": "u", "messageId": "bad-rev", "properties": {"revenue": "x"}},
+        {"type": "identify", "messageId": "no-id"},
+        {"type": "track", "event": "C", "anonymousId": "a", "messageId": "ok-2"},
+    ]
+}
+
+
 def test_reject_mode_stores_the_valid_part_of_a_batch_and_says_so(client: TestClient) -> None:
-    batch = {
-        "batch": [
-            {"type": "track", "event": "A", "userId": "u", "messageId": "ok-1"},
-            {"type": "track", "event": "B", "userId": "u", "messageId": "bad-rev", "properties": {"revenue": "x"}},
-            {"type": "identify", "messageId": "no-id"},
-            {"type": "track", "event": "C", "anonymousId": "a", "messageId": "ok-2"},
-        ]
-    }
-    answer = post(client, "/v1/batch", batch, basic(WRITE_KEY))
+    """The message without an identity breaks the contract; the string revenue is a quality
+    problem: stored and flagged."""
+    answer = post(client, "/v1/batch", MIXED_BATCH, basic(WRITE_KEY))
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["code"] == "invalid_message" and body["accepted"] == 3 and body["rejected"] == 1
+    assert [(e["index"], e["messageId"], e["pointer"], e["keyword"]) for e in body["errors"]] == [
+        (2, "no-id", "/userId", "anyOf"),
+    ]
+    events = {e["messageId"]: e for e in stored(client)}
+    assert sorted(events) == ["bad-rev", "ok-1", "ok-2"]
+    assert events["bad-rev"]["properties"] == {"revenue": "x"}
+    assert events["bad-rev"]["context"]["protocols"]["violations"] == [
+        {
+            "type": "Invalid Type",
+            "field": "properties.revenue",
+            "description": '"x" is not of types "null", "number"',
+            "rule": "properties.revenue:type",
+        }
+    ]
+    assert "protocols" not in events["ok-1"]["context"]
+
+
+def test_a_source_that_rejects_quality_problems_refuses_them_with_the_contract_errors(client: TestClient) -> None:
+    answer = post(client, "/v1/batch", MIXED_BATCH, basic(STRICT_KEY))
     assert answer.status_code == 400
     body = answer.json()
     assert body["code"] == "invalid_message" and body["accepted"] == 2 and body["rejected"] == 2
@@ -292,6 +332,24 @@ def test_reject_mode_stores_the_valid_part_of_a_batch_and_says_so(client: TestCl
         (2, "no-id", "/userId", "anyOf"),
     ]
     assert sorted(e["messageId"] for e in stored(client)) == ["ok-1", "ok-2"]
+
+
+def test_quality_quarantine_keeps_flagged_messages_aside_and_metrics_count_stored_ones(tmp_path: Path) -> None:
+    doc = config_doc()
+    doc["workspaces"][0]["sources"][0]["qualityEnforcement"] = "quarantine"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+    with make_client(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'e.db'}") as strict:
+        assert post(strict, "/v1/batch", MIXED_BATCH, basic(WRITE_KEY)).status_code == 400  # no-id: contract
+        assert sorted(e["messageId"] for e in stored(strict)) == ["ok-1", "ok-2"]
+        held = strict.get("/v1/quarantine", headers=bearer(ADMIN)).json()["data"]
+        assert [(q["messageId"], q["errors"][0]["pointer"]) for q in held] == [("bad-rev", "/properties/revenue")]
+        # A source that allows them (the default) stores and counts them, per rule.
+        flagged = {"userId": "u", "event": "E", "properties": {"revenue": "1", "currency": "usd"}}
+        for _ in range(2):
+            assert post(strict, "/v1/track", flagged, basic(QUARANTINE_KEY)).status_code == 200
+        samples = scrape(strict)
+        for rule in ("properties.revenue:type", "properties.currency:pattern"):
+            assert value(samples, "collector_quality_violations_total", source="src_q", rule=rule) == 2
 
 
 def test_envelope_context_and_integrations_merge_into_items_item_wins(client: TestClient) -> None:

@@ -145,7 +145,10 @@ def test_workers_pool_their_metrics_so_any_scrape_counts_every_event(tmp_path: P
         while len(list(pool.glob("*.json"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(Pool.PUBLISH_SECONDS + 0.5)  # every worker has published since its last event
-        per_worker = [sum(entry[-1] for entry in orjson.loads(p.read_bytes())["events"]) for p in pool.glob("*.json")]
+        per_worker = [
+            sum(entry[-1] for entry in orjson.loads(p.read_bytes())["tallies"]["collector_events"])
+            for p in pool.glob("*.json")
+        ]
         assert len(per_worker) == 2 and sum(per_worker) == sent
         assert all(0 < count < sent for count in per_worker), f"one worker took every connection: {per_worker}"
         for _ in range(8):  # on a new connection each time, a scrape may reach either worker

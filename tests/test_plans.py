@@ -190,16 +190,16 @@ def test_unplanned_property_policies(tmp_path: Path, plans_dir: Path) -> None:
         "userId": "u",
         "properties": {"query": "q", "x": 1, "y": 2},
     }
-    outcome = enforce(plans["shop"], "allow", [message], [message])
-    assert outcome.kept[0]["properties"] == {"query": "q"}
-    assert outcome.kept[0]["context"]["protocols"]["omitted"] == ["properties.x", "properties.y"]
+    outcome = enforce(plans["shop"], "allow", [(0, message)])
+    assert outcome.kept[0][1]["properties"] == {"query": "q"}
+    assert outcome.kept[0][1]["context"]["protocols"]["omitted"] == ["properties.x", "properties.y"]
 
     plan["unplannedProperties"], plan["unplannedEvents"] = "violation", "violation"
     (plans_dir / "shop.yaml").write_text(yaml.safe_dump(plan))
     plans, _ = load_plans(plans_dir)
     message = {"type": "track", "event": "Products Searched", "userId": "u", "properties": {"query": "q", "x": 1}}
     unplanned = {"type": "track", "event": "Mystery", "userId": "u"}
-    outcome = enforce(plans["shop"], "reject", [message, unplanned], [message, unplanned])
+    outcome = enforce(plans["shop"], "reject", [(0, message), (1, unplanned)])
     assert [(i, [e["violation"] for e in errors]) for i, _m, errors in outcome.rejected] == [
         (0, ["Unplanned Property"]),
         (1, ["Unplanned Event"]),

@@ -67,7 +67,9 @@ def test_workers_keep_one_limit_between_them(tmp_path: Path, config_path: Path) 
     answered = []  # requests per worker (accepted + limited), from the figures the workers pooled
     for path in shared.glob("*.json"):
         state = json.loads(path.read_text())
-        answered.append(sum(e[-1] for e in state["events"]) + sum(c[-1] for c in state["counters"]))
+        answered.append(
+            sum(e[-1] for e in state["tallies"]["collector_events"]) + sum(c[-1] for c in state["counters"])
+        )
     assert sorted(answered)[0] > 0 and sum(answered) == 24, f"both workers must have answered: {answered}"
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
-from conftest import ADMIN, WRITE_KEY, Server, basic, bearer, start_server
+from conftest import ADMIN, STRICT_KEY, WRITE_KEY, Server, basic, bearer, start_server
 
 
 def read_all(server: Server, **params: str) -> list[dict[str, Any]]:
@@ -67,7 +67,8 @@ def test_segment_python_sdk_reads_our_400_as_a_final_api_error(server: Server) -
     # included); our error body parses into an APIError with status 400, which it gives up on.
     from segment.analytics.request import APIError
 
-    sdk = Client(WRITE_KEY, host=server.url, sync_mode=True, max_retries=3)
+    # A source that rejects quality problems (by default they are stored and flagged).
+    sdk = Client(STRICT_KEY, host=server.url, sync_mode=True, max_retries=3)
     with pytest.raises(APIError) as raised:
         sdk.track("user-1", "X", {"revenue": "not a number"})
     assert raised.value.status == 400 and raised.value.code == "invalid_message"

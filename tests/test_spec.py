@@ -46,7 +46,7 @@ def test_unknown_type_in_yaml_is_a_spec_error(tmp_path: Path) -> None:
     track = copy / "calls" / "track.yaml"
     track.write_text(
         track.read_text().replace(
-            "type: number\n        description: Revenue", "type: money\n        description: Revenue"
+            "type: number\n          description: Revenue", "type: money\n          description: Revenue"
         )
     )
     with pytest.raises(spec.SpecError, match=r"track\.properties\.revenue: unknown type 'money'"):
@@ -83,3 +83,37 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 )
 def test_generated_schemas_encode_the_spec(call: str, message: dict[str, object], valid: bool) -> None:
     assert validator(call).is_valid(message) is valid
+
+
+def test_quality_rules_live_only_in_the_full_schema_and_null_means_absent() -> None:
+    import jsonschema_rs
+
+    schemas = spec.load_schemas(SPEC)
+    full, contract = schemas["track"], schemas["contract/track"]
+    assert contract["$id"].endswith("/contract/track.json")
+    assert full["properties"]["properties"]["properties"]["currency"]["pattern"] == "^[A-Z]{3}$"
+    assert "properties" not in contract["properties"]["properties"]  # no reserved types in the contract
+    assert "maxLength" not in contract["properties"]["event"] and full["properties"]["event"]["maxLength"] == 512
+    slips = {"type": "track", "event": "", "userId": "u", "properties": {"revenue": "1", "currency": "usd"}}
+    assert jsonschema_rs.validator_for(contract).is_valid(slips)
+    assert not jsonschema_rs.validator_for(full).is_valid(slips)
+    for message in (
+        {"type": "identify", "userId": "u", "traits": {"email": None, "address": None}, "context": None},
+        {"type": "track", "event": "E", "anonymousId": "a", "properties": None, "integrations": None},
+    ):
+        for level in ("", "contract/"):
+            assert jsonschema_rs.validator_for(schemas[level + message["type"]]).is_valid(message)
+    not_a_message = {"type": "track", "userId": "u", "properties": "a=1"}
+    assert not jsonschema_rs.validator_for(contract).is_valid(not_a_message)
+
+
+def test_readme_levels_table_is_the_generated_one(tmp_path: Path) -> None:
+    from collector.spec_table import BEGIN, END, render
+
+    readme = (SPEC.parent / "README.md").read_text()
+    section = BEGIN + readme.split(BEGIN)[1].split(END)[0] + END
+    assert section == render(spec.load(SPEC)), "run `collector spec table --write README.md`"
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.replace("| track | `properties.{revenue, value}` | a number |", "| track | x | y |"))
+    assert main(["spec", "table", "--write", str(copy)]) == 0
+    assert copy.read_text() == readme

@@ -35,6 +35,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from collector import jsonio
 from collector.errors import ConfigError, StorageUnavailable
 from collector.storage.base import EventPage, EventQuery, QuarantinedEvent, StoredEvent, WriteResult
 
@@ -262,7 +263,7 @@ class NATSStorage:
         subject += f".{subject_token(query.type) if query.type else '*'}"
 
         def render(msg: Msg) -> dict[str, Any] | None:
-            event = orjson.loads(msg.data)
+            event = jsonio.loads(msg.data)
             source_id = (msg.headers or {}).get(SOURCE_HEADER)
             if not _matches(event, source_id, query):
                 return None
@@ -276,7 +277,7 @@ class NATSStorage:
         subject = f"{self.prefix}_quarantine.{subject_token(workspace_id) if workspace_id else '*'}"
 
         def render(msg: Msg) -> dict[str, Any] | None:
-            kept = orjson.loads(msg.data)
+            kept = jsonio.loads(msg.data)
             if message_id is not None and kept["messageId"] != message_id:
                 return None
             return {

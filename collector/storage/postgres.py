@@ -24,6 +24,7 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from collector import jsonio
 from collector.errors import BadRequest, ConfigError, StorageUnavailable
 from collector.storage.base import (
     EventPage,
@@ -268,7 +269,7 @@ class PostgresStorage:
             + " ORDER BY position LIMIT %s"
         )
         rows = await self._fetch(sql, [*params, query.limit + 1])
-        return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
+        return _page(rows, query.limit, lambda r: {"event": jsonio.loads(r[3])})
 
     async def read_quarantine(
         self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
@@ -285,7 +286,7 @@ class PostgresStorage:
                 "messageId": r[5],
                 "receivedAt": r[6],
                 "errors": orjson.loads(r[4]),
-                "event": orjson.loads(r[3]),
+                "event": jsonio.loads(r[3]),
             },
         )
 

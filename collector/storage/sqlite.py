@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from collector import jsonio
 from collector.errors import StorageUnavailable
 from collector.storage.base import (
     EventPage,
@@ -370,7 +371,7 @@ class SQLiteStorage:
             + " ORDER BY position LIMIT ?"
         )
         rows = await self._read(lambda conn: conn.execute(sql, [*params, query.limit + 1]).fetchall())
-        return _page(rows, query.limit, lambda r: {"event": orjson.loads(r[3])})
+        return _page(rows, query.limit, lambda r: {"event": jsonio.loads(r[3])})
 
     async def read_quarantine(
         self, workspace_id: str | None, after: int, limit: int, message_id: str | None = None
@@ -388,7 +389,7 @@ class SQLiteStorage:
                 "messageId": r[5],
                 "receivedAt": r[6],
                 "errors": orjson.loads(r[4]),
-                "event": orjson.loads(r[3]),
+                "event": jsonio.loads(r[3]),
             },
         )
 
