@@ -58,9 +58,6 @@ def kit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     )
 
 
-KNOWN_FAILING = ROOT / "tests" / "fixtures" / "reference-known-failing.txt"
-
-
 def full_run(server: Server, report: Path, *extra: str) -> list[str]:
     return [
         "run",
@@ -84,8 +81,6 @@ def full_run(server: Server, report: Path, *extra: str) -> list[str]:
         ADMIN,
         "--workers",
         "6",
-        "--known-failing",
-        str(KNOWN_FAILING),
         "--report-dir",
         str(report),
         *extra,
@@ -105,7 +100,6 @@ def test_reference_collector_reaches_strict_on_segment_collector_and_inspect(ref
     validate_results(results)
     not_passed = {c["id"]: c["reason"] for c in results["cases"] if c["verdict"] != "PASS" and c["status"] == "stable"}
     assert not_passed == {}
-    assert {c["verdict"] for c in results["cases"] if c["status"] == "tentative"} <= {"PASS", "XFAIL"}
     assert results["level"] == "Collector spec, Strict"
     assert results["complete"] is True
     assert results["profiles"] == ["segment", "collector", "inspect"]
@@ -141,16 +135,7 @@ def test_segment_profile_alone_skips_collector_and_inspect_cases_and_says_nothin
     reference: Server, tmp_path: Path
 ) -> None:
     report = tmp_path / "report"
-    # The reference's known failures, less the huge id: its only failing check is the collector's.
-    known = tmp_path / "known-failing.txt"
-    quirks = (
-        "identify.accept.quirk-email-null",
-        "identify.accept.quirk-age-string",
-        "track.accept.quirk-revenue-string",
-    )
-    known.write_text("\n".join((*quirks, "track.accept.quirk-timestamp-ms", "batch.accept.quirk-lone-surrogate")))
-    args = ["--known-failing", str(known), "--report-dir", str(report)]
-    done = kit("run", "--target", reference.url, "--write-key", WRITE_KEY, *args)
+    done = kit("run", "--target", reference.url, "--write-key", WRITE_KEY, "--report-dir", str(report))
     assert done.returncode == 0, done.stdout + done.stderr
     results = results_of(report)
     assert results["profiles"] == ["segment"]
