@@ -5,5 +5,5 @@ profile, to a declared read-back capability), so a vendor can run it with nothin
 `pip install` of this project.
 """
 
-KIT_VERSION = "1.0.0"
+KIT_VERSION = "2.0.0"
 SPEC_VERSION = "1.0"
