@@ -366,7 +366,7 @@ def test_reference_reaches_strict_on_real_backends(backend: str, tmp_path: Path)
             report = tmp_path / "report"
             done = kit(*full_run(server, report))
             assert done.returncode == 0, done.stdout + done.stderr
-            assert results_of(report)["level"] == "Strict"
+            assert results_of(report)["level"] == "Collector spec, Strict"
         finally:
             server.stop()
     finally:
