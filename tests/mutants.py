@@ -623,6 +623,12 @@ def client_clock(body: dict[str, Any]) -> None:
         body["receivedAt"] = clock
 
 
+def drop_violations(body: dict[str, Any]) -> None:
+    protocols = (body.get("context") or {}).get("protocols")
+    if isinstance(protocols, dict):
+        protocols.pop("violations", None)
+
+
 def drop_properties(body: dict[str, Any]) -> None:
     body.pop("properties", None)
 
@@ -753,6 +759,12 @@ MUTANTS: list[Mutant] = [
         "stores events without their properties",
         ("track.accept.revenue-number", "track.accept.properties-roundtrip", "page.accept.minimal"),
         storage_fault(drop_properties),
+    ),
+    Mutant(
+        "unflagged_quality",
+        "stores quality violations without recording them in context.protocols.violations",
+        ("store.quality-flagged",),
+        storage_fault(drop_violations),
     ),
     Mutant(
         "ignores_auth",
