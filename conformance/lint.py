@@ -49,17 +49,24 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.replace("`", "").replace("**", "")).strip()
 
 
+def rule_text(value: Any) -> str | None:
+    """A scalar rule as YAML shows it (`512`, `true`, `[string, number]`); None for anything else."""
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and value and all(isinstance(item, str | int | float) for item in value):
+        return "[" + ", ".join(str(item) for item in value) + "]"
+    return None
+
+
 def strings_in(node: Any) -> list[str]:
     """Every string under a spec node, and every scalar rule as `key: value` (`maxLength: 512`), so a
     quote can state the rule a case checks, not only a field's description."""
     if isinstance(node, str):
         return [node]
     if isinstance(node, dict):
-        rules = [
-            f"{key}: {json.dumps(value) if isinstance(value, bool) else value}"
-            for key, value in node.items()
-            if isinstance(value, str | int | float)
-        ]
+        rules = [f"{key}: {rule_text(value)}" for key, value in node.items() if rule_text(value) is not None]
         return rules + [text for value in node.values() for text in strings_in(value)]
     if isinstance(node, list):
         return [text for value in node for text in strings_in(value)]
