@@ -425,12 +425,20 @@ function render(entry) {
   line.append(el("span", "type", m.type ?? "?"), el("span", "name", String(m.event ?? m.name ?? "")),
     el("span", "who", String(m.userId ?? m.anonymousId ?? "")), el("span", "src", entry.sourceId),
     el("span", "time", String(m.receivedAt ?? new Date().toISOString())));
+  // Stored but flagged: the quality violations and repairs the collector recorded in the event.
+  const flags = ((m.context || {}).protocols || {}).violations || [];
+  const quality = Array.isArray(flags) ? flags.filter((v) => v && v.rule) : [];
   if (entry.kind === "invalid") line.append(el("span", "badge", entry.outcome));
+  else if (quality.length) line.append(el("span", "badge", `flagged ${quality.length}`));
   row.append(line);
   if (entry.kind === "invalid") {
     const errors = el("ul", "errors");
     for (const e of entry.errors || []) errors.append(el("li", "", `${e.pointer || "/"} ${e.keyword}: ${e.message}`));
     row.append(errors);
+  } else if (quality.length) {
+    const notes = el("ul", "errors");
+    for (const v of quality) notes.append(el("li", "", `${v.field || "/"} ${v.rule}: ${v.description}`));
+    row.append(notes);
   }
   const pre = el("pre", "", JSON.stringify(entry.message, null, 2));
   pre.hidden = entry.kind !== "invalid" && list.children.length > 0;
