@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from collector import jsonio
 from collector.auth import AdminRequired, bearer_token
 from collector.runtime import IntakeReport, Runtime
 
@@ -110,7 +111,7 @@ class DebugHub:
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
                 entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": message}
-                self.publish(source.id, orjson.dumps({**entry, "errors": errors}, default=repr))
+                self.publish(source.id, jsonio.dumps({**entry, "errors": errors}, default=repr))
 
     def since(self, after: int) -> list[Entry]:
         return [item for item in self.recent if item[0] > after]
