@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from collector import jsonio
 from collector.auth import AdminRequired, bearer_token
 from collector.runtime import IntakeReport, Runtime
 
@@ -110,7 +111,7 @@ class DebugHub:
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
                 entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": message}
-                self.publish(source.id, orjson.dumps({**entry, "errors": errors}, default=repr))
+                self.publish(source.id, jsonio.dumps({**entry, "errors": errors}, default=repr))
 
     def since(self, after: int) -> list[Entry]:
         return [item for item in self.recent if item[0] > after]
@@ -425,12 +426,20 @@ function render(entry) {
   line.append(el("span", "type", m.type ?? "?"), el("span", "name", String(m.event ?? m.name ?? "")),
     el("span", "who", String(m.userId ?? m.anonymousId ?? "")), el("span", "src", entry.sourceId),
     el("span", "time", String(m.receivedAt ?? new Date().toISOString())));
+  // Stored but flagged: the quality violations and repairs the collector recorded in the event.
+  const flags = ((m.context || {}).protocols || {}).violations || [];
+  const quality = Array.isArray(flags) ? flags.filter((v) => v && v.rule) : [];
   if (entry.kind === "invalid") line.append(el("span", "badge", entry.outcome));
+  else if (quality.length) line.append(el("span", "badge", `flagged ${quality.length}`));
   row.append(line);
   if (entry.kind === "invalid") {
     const errors = el("ul", "errors");
     for (const e of entry.errors || []) errors.append(el("li", "", `${e.pointer || "/"} ${e.keyword}: ${e.message}`));
     row.append(errors);
+  } else if (quality.length) {
+    const notes = el("ul", "errors");
+    for (const v of quality) notes.append(el("li", "", `${v.field || "/"} ${v.rule}: ${v.description}`));
+    row.append(notes);
   }
   const pre = el("pre", "", JSON.stringify(entry.message, null, 2));
   pre.hidden = entry.kind !== "invalid" && list.children.length > 0;

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from collector import auth, intake, jsonio, plans, ratelimit, repair
-from collector.enrichment import Arrival, enrich, now_micros
+from collector.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
 from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
 from collector.intake import Caller
 from collector.runtime import IntakeReport, Runtime
@@ -151,9 +151,7 @@ def quality_violation(problem: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, "field": field, "description": problem["message"], "rule": rule_name(problem)}
 
 
-REPAIR_KEYWORDS = frozenset(
-    ("loneSurrogate", "nulCharacter", "nonFiniteNumber", "numericTimestamp", "unparseableTimestamp", "futureTimestamp")
-)
+REPAIR_KEYWORDS = repair.SCRUB_KEYWORDS | frozenset(TIME_REPAIRS)  # recorded as type "Repaired"
 _INDEX_STEP = re.compile(r"/\d+(?=/|$)")
 
 

@@ -11,6 +11,7 @@ Imports nothing of the collector: storage reads stored bodies with it too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -62,15 +63,15 @@ def _exact_integers(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
     """orjson.dumps, with integers of any size. orjson.JSONEncodeError for what JSON cannot hold
     (nesting past orjson's 255 levels among it)."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default)
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
     try:
-        return orjson.dumps(_exact_integers(value))
+        return orjson.dumps(_exact_integers(value), default=default)
     except RecursionError:
         raise orjson.JSONEncodeError("nested too deeply") from None

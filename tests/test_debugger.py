@@ -78,6 +78,25 @@ def test_reconnect_replays_what_was_missed_with_errors_and_source(client: TestCl
     assert arrivals(fresh.text) == []
 
 
+def test_a_flagged_event_shows_its_quality_violations(client: TestClient, short_streams: None) -> None:
+    flagged = {"event": "Paid", "userId": "u1", "properties": {"currency": "usd"}, "timestamp": 1700000000000}
+    assert client.post("/v1/track", json=flagged, headers=basic(WRITE_KEY)).status_code == 200
+    answer = client.get("/debugger/stream", params={"token": ADMIN}, headers={"Last-Event-ID": "0"})
+    [(_, entry)] = arrivals(answer.text)
+    assert entry["kind"] == "event"  # stored, not refused
+    violations = entry["message"]["context"]["protocols"]["violations"]
+    assert sorted(v["rule"] for v in violations) == ["properties.currency:pattern", "timestamp:numericTimestamp"]
+    page = client.get("/debugger", params={"token": ADMIN}).text
+    assert "flagged ${quality.length}" in page  # the page badges such events and lists their rules
+
+
+def test_an_invalid_message_with_a_big_integer_is_shown_exactly(client: TestClient, short_streams: None) -> None:
+    body = b'{"userId": "u", "n": 123456789012345678901234567890}'  # no event: refused
+    assert client.post("/v1/track", content=body, headers=basic(WRITE_KEY)).status_code == 400
+    answer = client.get("/debugger/stream", params={"token": ADMIN}, headers={"Last-Event-ID": "0"})
+    assert '"n":123456789012345678901234567890' in answer.text  # orjson alone cannot encode it
+
+
 def test_hub_drops_entries_for_a_stalled_subscriber_instead_of_blocking() -> None:
     import asyncio
 

@@ -289,6 +289,14 @@ def test_segment_identify_with_a_profile_user_id_merges_traits(client: TestClien
     assert client.get(f"/identify/{user['id']}", headers=AUTH).json()["traits"] == {"plan": "pro", "seats": 5}
 
 
+def test_a_null_reserved_trait_removes_it_and_a_flagged_identify_still_merges(client: TestClient) -> None:
+    # `email: null` and `age: "36"` used to be answered 400 (so the profile never changed).
+    user = create(client, {"email": "e@x.com"}, {"email": "e@x.com", "age": 30, "plan": "free"})
+    single = {"userId": user["id"], "traits": {"email": None, "age": "36"}}
+    assert client.post("/v1/identify", content=orjson.dumps(single), headers=basic(WRITE_KEY)).status_code == 200
+    assert client.get(f"/identify/{user['id']}", headers=AUTH).json()["traits"] == {"age": "36", "plan": "free"}
+
+
 def test_identify_from_another_workspace_source_does_not_touch_the_profile(client: TestClient) -> None:
     user = create(client, {"email": "e@x.com"}, {"plan": "free"})
     message = {"userId": user["id"], "traits": {"plan": "hacked"}}
