@@ -124,3 +124,12 @@ def test_each_case_opens_its_own_connection_unless_told_to_reuse(
     assert len(own) == len(chosen)
     assert len(set().union(*own.values())) == len(own)  # no connection shared by two cases
     assert len(set().union(*ports[True].values())) < len(own)  # keep-alive: cases share connections
+
+
+def test_a_missing_field_is_shown_as_absent(black_hole: tuple[str, ThreadingHTTPServer], cases: list[Case]) -> None:
+    url, _ = black_hole
+    options = RunOptions(target=url, write_key=WRITE_KEY, profiles=("segment", "collector"))
+    (case,) = run(select(cases, ["track.reject.missing-event"], []), options)["cases"]
+    pointer = [c for c in case["checks"] if c["kind"] == "json" and c["expected"]["path"] == "errors[*].pointer"]
+    assert [c["actual"] for c in pointer] == ["absent"]
+    assert 'got "absent"' in case["reason"]
