@@ -1,4 +1,4 @@
-"""`collector serve | spec build | spec check | events tail`."""
+"""`collector serve | spec build | spec check | config schema | config check | events tail`."""
 
 from __future__ import annotations
 
@@ -134,6 +134,21 @@ def spec_command(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def config_command(args: argparse.Namespace) -> int:
+    from collector import config_schema
+
+    if args.config_action == "schema":
+        print(config_schema.dumps(config_schema.build()), end="")
+        return 0
+    try:
+        settings_module.load(args.file, environ={})
+    except ConfigError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: valid")
+    return 0
+
+
 def tail(args: argparse.Namespace) -> int:
     """Print stored events as JSON lines, following new ones (read-back API)."""
     import httpx
@@ -244,6 +259,13 @@ def parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("old")
     diff_parser.add_argument("new")
     plan.set_defaults(handler=plan_command)
+
+    config = commands.add_parser("config", help="the config file: its JSON Schema, or check a file")
+    config_actions = config.add_subparsers(dest="config_action", required=True)
+    config_actions.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    config_check = config_actions.add_parser("check", help="check a config file as `serve` would")
+    config_check.add_argument("file")
+    config.set_defaults(handler=config_command)
 
     events = commands.add_parser("events", help="read stored events")
     events_commands = events.add_subparsers(dest="events_action", required=True)
