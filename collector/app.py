@@ -171,6 +171,8 @@ def create_app(settings: Settings) -> FrontDoor:
 
 def app_from_env() -> FrontDoor:
     """Factory for uvicorn (`--workers N` re-imports the app in each process)."""
+    from collector.logs import configure_worker_logging
     from collector.settings import load
 
+    configure_worker_logging()  # a worker process inherits no logging set-up from `serve`
     return create_app(load())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -14,36 +13,9 @@ from pathlib import Path
 from collector import settings as settings_module
 from collector import spec
 from collector.errors import ConfigError
+from collector.logs import ACCESS_LOG_ENV, configure_logging
 
 DEV_CONFIG = Path("collector.yaml")
-
-
-class JSONLogFormatter(logging.Formatter):
-    """One JSON object per line, with the request id when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("request_id", "method", "path", "status", "duration_ms"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(access_log: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONLogFormatter())
-    root = logging.getLogger("collector")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    logging.getLogger("collector.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -82,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not loaded.workers_dir:  # shared by the workers (removed at exit)
         shared_dir = tempfile.mkdtemp(prefix="collector-workers-")
         os.environ["COLLECTOR_WORKERS_DIR"] = shared_dir
-    os.environ["COLLECTOR_ACCESS_LOG"] = "1" if args.access_log else ""
+    os.environ[ACCESS_LOG_ENV] = "1" if args.access_log else ""  # the workers configure logging from it
     configure_logging(args.access_log)
     print(f"collector: storage {loaded.storage}, listening on http://{args.host}:{args.port}", flush=True)
     try:
@@ -95,6 +67,7 @@ def serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             http="httptools",
             access_log=False,
+            log_config=None,  # uvicorn's loggers go through our JSON handler (root)
             proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn
             server_header=False,
             log_level="warning",
