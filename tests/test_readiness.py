@@ -13,7 +13,7 @@ import httpx
 import pytest
 from servers import Postgres, start_postgres
 
-from conftest import WRITE_KEY, basic, start_server
+from conftest import WRITE_KEY, basic, make_client, start_server
 
 
 @pytest.fixture
@@ -88,3 +88,30 @@ def test_ready_answers_at_once_during_a_postgresql_outage_and_recovers_within_se
     ]
     entries = [json.loads(line) for line in lines]
     assert any(entry["logger"].startswith("psycopg") for entry in entries), lines
+
+
+def test_sqlite_is_unready_while_another_process_holds_the_write_lock(config_path: Path, tmp_path: Path) -> None:
+    """A read (the old probe) still works then; a write would wait out its busy timeout and answer 503."""
+    import sqlite3
+
+    database = tmp_path / "locked.db"
+    with make_client(config_path, f"sqlite:///{database}") as client:
+        assert client.get("/ready").status_code == 200
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            deadline = time.monotonic() + 5
+            while client.get("/ready").status_code != 503:
+                assert time.monotonic() < deadline, "/ready stayed 200 while no write could commit"
+                time.sleep(0.05)
+            began = time.perf_counter()
+            answer = client.get("/ready")
+            assert answer.status_code == 503 and time.perf_counter() - began < 0.5
+            assert answer.json()["storage"] is False
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "/ready did not come back once the lock was released"
+            time.sleep(0.05)
