@@ -50,7 +50,11 @@ def build() -> dict[str, Any]:
     settings = {camel(s.name): _setting_schema(*s) for s in SETTINGS}
     # snake_case names are read too (older configs); camelCase is the documented form.
     snake = {
-        s.name: {"$ref": f"#/$defs/settings/properties/{camel(s.name)}", "description": f"Same as {camel(s.name)}."}
+        s.name: {
+            "$ref": f"#/$defs/settings/properties/{camel(s.name)}",
+            "description": f"Same as {camel(s.name)}.",
+            "deprecated": True,
+        }
         for s in SETTINGS
         if s.name != camel(s.name)
     }
