@@ -115,3 +115,44 @@ def test_sqlite_is_unready_while_another_process_holds_the_write_lock(config_pat
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "/ready did not come back once the lock was released"
             time.sleep(0.05)
+
+
+def test_a_hung_probe_makes_the_store_unready_without_piling_probes_up() -> None:
+    import asyncio
+
+    from collector.readiness import Readiness
+
+    class Store:
+        def __init__(self) -> None:
+            self.hang = asyncio.Event()
+            self.hang.set()  # set: answers at once
+            self.calls = self.running = self.most = 0
+
+        async def ping(self) -> bool:
+            self.calls += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+            try:
+                await self.hang.wait()
+                return True
+            finally:
+                self.running -= 1
+
+    async def scenario() -> None:
+        store = Store()
+        readiness = Readiness(store, store, interval=0.02, timeout=0.1)
+        await readiness.start()
+        assert readiness.storage and readiness.profiles
+        store.hang.clear()  # the backend stops answering
+        await asyncio.sleep(0.5)
+        assert not readiness.storage and not readiness.profiles
+        calls = store.calls
+        await asyncio.sleep(0.3)
+        assert store.calls == calls and store.most == 1  # one probe waits; no new ones meanwhile
+        store.hang.set()
+        await asyncio.sleep(0.1)
+        assert readiness.storage and store.calls > calls
+        await readiness.stop()
+        assert not readiness.storage
+
+    asyncio.run(scenario())
