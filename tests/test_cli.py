@@ -106,3 +106,18 @@ def test_config_schema_command_prints_the_committed_schema() -> None:
     result = subprocess.run([sys.executable, "-m", "collector", "config", "schema"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (Path(__file__).resolve().parent.parent / "collector" / "config.schema.json").read_text()
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("workspaces: [{id: ws_AAAAAAAAAAAAAAAA, sources: [{id: s, writeKeys: [k]}]}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "config", "check", str(good)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "valid" in result.stdout, result.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("limts: {}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "config", "check", str(typo)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "limts: unknown key; did you mean limits?" in result.stderr
