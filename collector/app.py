@@ -19,6 +19,7 @@ from collector import browser, debugger, endpoints, front, metrics, openapi, pro
 from collector.errors import CollectorError, ConfigError
 from collector.front import FrontDoor
 from collector.plans import PlanRegistry, default_plans_dir
+from collector.readiness import Readiness
 from collector.runtime import Runtime
 from collector.settings import Settings
 from collector.spec import default_spec_dir, load_schemas
@@ -135,6 +136,8 @@ def create_app(settings: Settings) -> FrontDoor:
             await profile_store.open()
         if plans is not None:
             plans.start()
+        readiness = runtime.readiness = Readiness(storage, profile_store)
+        await readiness.start()
         runtime.ready = True
         quiet_garbage_collector()
         if app_metrics.pool is not None:
@@ -150,6 +153,7 @@ def create_app(settings: Settings) -> FrontDoor:
                 await app_metrics.pool.stop()
             restore_garbage_collector()
             runtime.ready = False
+            await readiness.stop()
             if plans is not None:
                 await plans.stop()
             if profile_store is not None:
@@ -171,6 +175,8 @@ def create_app(settings: Settings) -> FrontDoor:
 
 def app_from_env() -> FrontDoor:
     """Factory for uvicorn (`--workers N` re-imports the app in each process)."""
+    from collector.logs import configure_worker_logging
     from collector.settings import load
 
+    configure_worker_logging()  # a worker process inherits no logging set-up from `serve`
     return create_app(load())

@@ -1,10 +1,9 @@
-"""`collector serve | spec build | spec check | events tail`."""
+"""`collector serve | spec build | spec check | config schema | config check | events tail`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -14,36 +13,9 @@ from pathlib import Path
 from collector import settings as settings_module
 from collector import spec
 from collector.errors import ConfigError
+from collector.logs import ACCESS_LOG_ENV, configure_logging
 
 DEV_CONFIG = Path("collector.yaml")
-
-
-class JSONLogFormatter(logging.Formatter):
-    """One JSON object per line, with the request id when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("request_id", "method", "path", "status", "duration_ms"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(access_log: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONLogFormatter())
-    root = logging.getLogger("collector")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    logging.getLogger("collector.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -82,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not loaded.workers_dir:  # shared by the workers (removed at exit)
         shared_dir = tempfile.mkdtemp(prefix="collector-workers-")
         os.environ["COLLECTOR_WORKERS_DIR"] = shared_dir
-    os.environ["COLLECTOR_ACCESS_LOG"] = "1" if args.access_log else ""
+    os.environ[ACCESS_LOG_ENV] = "1" if args.access_log else ""  # the workers configure logging from it
     configure_logging(args.access_log)
     print(f"collector: storage {loaded.storage}, listening on http://{args.host}:{args.port}", flush=True)
     try:
@@ -95,6 +67,7 @@ def serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             http="httptools",
             access_log=False,
+            log_config=None,  # uvicorn's loggers go through our JSON handler (root)
             proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn
             server_header=False,
             log_level="warning",
@@ -132,6 +105,21 @@ def spec_command(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{spec_dir}/schemas is up to date")
     return 1 if problems else 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from collector import config_schema
+
+    if args.config_action == "schema":
+        print(config_schema.dumps(config_schema.build()), end="")
+        return 0
+    try:
+        settings_module.load(args.file, environ={})
+    except ConfigError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: valid")
+    return 0
 
 
 def tail(args: argparse.Namespace) -> int:
@@ -244,6 +232,13 @@ def parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("old")
     diff_parser.add_argument("new")
     plan.set_defaults(handler=plan_command)
+
+    config = commands.add_parser("config", help="the config file: its JSON Schema, or check a file")
+    config_actions = config.add_subparsers(dest="config_action", required=True)
+    config_actions.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    config_check = config_actions.add_parser("check", help="check a config file as `serve` would")
+    config_check.add_argument("file")
+    config.set_defaults(handler=config_command)
 
     events = commands.add_parser("events", help="read stored events")
     events_commands = events.add_subparsers(dest="events_action", required=True)

@@ -462,9 +462,11 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
+    """From the state of the background write probes (readiness.py): answered at once, never waits on storage."""
     runtime: Runtime = request.app.state.runtime
-    storage_ok = runtime.ready and await runtime.storage.ping()
-    profiles_ok = runtime.ready and (runtime.profiles is None or await runtime.profiles.ping())
+    probes = runtime.readiness
+    storage_ok = runtime.ready and probes is not None and probes.storage
+    profiles_ok = runtime.ready and probes is not None and probes.profiles
     if storage_ok and profiles_ok:
         return Response(b'{"status":"ready"}', media_type="application/json")
     error = StorageUnavailable(

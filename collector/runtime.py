@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from collector.plans import Plan, PlanRegistry
+from collector.readiness import Readiness
 from collector.settings import Settings, Source
 from collector.storage.base import ProfileStore, Storage, StoredEvent, WriteResult
 from collector.validation import Validators
@@ -34,6 +35,7 @@ class Runtime:
     profiles: ProfileStore | None
     plans: PlanRegistry | None = None  # tracking plans, reloaded when their files change
     ready: bool = False
+    readiness: Readiness | None = None  # durable-write probes, refreshed in the background (for /ready)
     # plan_violations / rate_limited / telemetry_*, per (counter, source id); event outcomes are in metrics
     counters: Counter[tuple[str, str]] = field(default_factory=Counter)
     extras: dict[str, Any] = field(default_factory=dict)

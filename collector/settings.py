@@ -181,6 +181,11 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_path}: the config file must be a mapping")
+        from collector.config_schema import problems  # (it imports this module's tables)
+
+        found = problems(loaded)
+        if found:
+            raise ConfigError(f"{config_path}:" + ("\n  ".join(["", *found]) if len(found) > 1 else " " + found[0]))
         doc = loaded
 
     scalars: dict[str, Any] = {}

@@ -78,3 +78,46 @@ def test_bad_config_exits_2_with_a_sentence(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "workspaces[0].id must match" in result.stderr
+
+
+def test_serve_with_a_typo_in_the_config_exits_2_with_the_suggestion(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        "limts: {maxEventBytes: 1000}\n"
+        "workspaces:\n"
+        "  - id: ws_AAAAAAAAAAAAAAAA\n"
+        "    sources:\n"
+        "      - {id: src_web, writeKeys: [k], alowedOrigins: ['https://shop.example']}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "serve", "--config", str(config), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "workspaces[0].sources[0].alowedOrigins: unknown key; did you mean allowedOrigins?" in result.stderr
+    assert "limts: unknown key; did you mean limits?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_schema_command_prints_the_committed_schema() -> None:
+    result = subprocess.run([sys.executable, "-m", "collector", "config", "schema"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (Path(__file__).resolve().parent.parent / "collector" / "config.schema.json").read_text()
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("workspaces: [{id: ws_AAAAAAAAAAAAAAAA, sources: [{id: s, writeKeys: [k]}]}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "config", "check", str(good)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "valid" in result.stdout, result.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("limts: {}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "config", "check", str(typo)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "limts: unknown key; did you mean limits?" in result.stderr

@@ -138,3 +138,57 @@ def test_access_log_lines_carry_the_request_id(tmp_path: Path, config_path: Path
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     [entry] = [line for line in lines if line.get("request_id") == "trace-42"]
     assert entry["status"] == 404 and entry["path"] == "/identify/usr_AAAAAAAAAAAAAAAA" and entry["method"] == "GET"
+
+
+def test_workers_log_json_lines_with_request_ids_like_one_process(tmp_path: Path, config_path: Path) -> None:
+    import json
+    import sqlite3
+
+    database = tmp_path / "workers.db"
+    server = start_server(
+        tmp_path,
+        config_path,
+        f"sqlite:///{database}",
+        "--workers",
+        "2",
+        "--access-log",
+        env={"COLLECTOR_SQLITE_BUSY_TIMEOUT_MS": "200"},
+        name="workers",
+    )
+    try:
+        with httpx.Client(timeout=10) as client:
+            for index in range(20):  # spread over both workers by the kernel
+                answer = client.get(server.url + "/health", headers={"X-Request-Id": f"access-{index}"})
+                assert answer.status_code == 200
+            # Another process holds SQLite's write lock: the write waits its busy timeout, then a 503.
+            holder = sqlite3.connect(database, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                failed = client.post(
+                    server.url + "/v1/t",
+                    json={"event": "E", "userId": "u"},
+                    headers={**basic(WRITE_KEY), "X-Request-Id": "locked-1"},
+                )
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert failed.status_code == 503
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and '"locked-1"' not in server.log():
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    # Everything but `serve`'s own start-up lines (print) is a JSON object.
+    entries = [json.loads(line) for line in lines if not line.startswith(("collector: ", "  source "))]
+    by_id = {entry.get("request_id"): entry for entry in entries}
+    for index in range(20):
+        entry = by_id[f"access-{index}"]
+        assert (entry["logger"], entry["method"], entry["path"], entry["status"]) == (
+            "collector.access",
+            "GET",
+            "/health",
+            200,
+        )
+    errors = [e for e in entries if e.get("request_id") == "locked-1" and e["logger"] != "collector.access"]
+    assert errors and errors[0]["level"] == "warning" and "storage_unavailable" in errors[0]["message"]

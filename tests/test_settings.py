@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -83,3 +84,118 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, doc: dict[str, object], env
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "absent.yaml", environ={})
+
+
+# --- the config file's JSON Schema ------------------------------------------------------------
+
+
+def write_doc(tmp_path: Path, doc: dict[str, object]) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_typo_in_a_source_fails_with_its_path_and_the_nearest_name(tmp_path: Path) -> None:
+    doc = config_doc()
+    doc["workspaces"][0]["sources"][0]["alowedOrigins"] = ["https://shop.example"]
+    with pytest.raises(ConfigError) as caught:
+        load(write_doc(tmp_path, doc), environ={})
+    assert "workspaces[0].sources[0].alowedOrigins: unknown key; did you mean allowedOrigins?" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"limts": {"maxEventBytes": 1000}}, "limts: unknown key; did you mean limits?"),
+        ({"limits": {"maxEventByte": 1000}}, "limits.maxEventByte: unknown key; did you mean maxEventBytes?"),
+        ({"adminToken": ["x"]}, "adminToken: unknown key; did you mean adminTokens?"),
+        ({"limits": {"maxEventBytes": "lots"}}, "limits.maxEventBytes: must be an integer, got 'lots'"),
+        ({"maxBatchEvents": True}, "maxBatchEvents: must be an integer, got a boolean (true)"),
+        ({"workspaces": {"id": "ws_AAAAAAAAAAAAAAAA"}}, "workspaces: must be a list, got a mapping"),
+        ({"workspaces": [{"id": "ws_AAAAAAAAAAAAAAAA", "sources": [{"writeKeys": {"k": 1}}]}]}, "sources[0].writeKeys"),
+        ({"workspaces": [{"id": "ws_AAAAAAAAAAAAAAAA", "token": ["t"]}]}, "did you mean tokens?"),
+    ],
+    ids=["top-level", "in-limits", "admin", "int-as-text", "bool", "not-a-list", "keys-mapping", "workspace-key"],
+)
+def test_unknown_keys_and_wrong_types_name_their_path(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write_doc(tmp_path, config_doc(**overrides)), environ={})
+    assert message in str(caught.value)
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    doc = config_doc(limts={}, storag="sqlite:///x.db")
+    with pytest.raises(ConfigError) as caught:
+        load(write_doc(tmp_path, doc), environ={})
+    assert "limts: unknown key" in str(caught.value) and "storag: unknown key; did you mean storage?" in str(
+        caught.value
+    )
+
+
+def test_the_committed_schema_is_valid_draft_2020_12_and_built_from_the_settings_table() -> None:
+    from jsonschema import Draft202012Validator
+
+    from collector.config_schema import SCHEMA_PATH, build, camel, dumps
+
+    committed = json.loads(SCHEMA_PATH.read_text())
+    Draft202012Validator.check_schema(committed)
+    assert committed["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert SCHEMA_PATH.read_text() == dumps(build()), "run: collector config schema > collector/config.schema.json"
+    for setting in SETTINGS:
+        described = committed["$defs"]["settings"]["properties"][camel(setting.name)]
+        assert described["description"] == setting.help and described["default"] == setting.default
+        assert (
+            camel(setting.name) in committed["properties"]
+            and camel(setting.name) in committed["properties"]["limits"]["properties"]
+        )
+
+
+def every_key_used_today() -> list[dict[str, object]]:
+    """config_doc() and the variants the tests and README write, each key at least once."""
+    full_source = {
+        "id": "src_all",
+        "name": "All keys",
+        "writeKeys": "WK_A, WK_B",
+        "invalidMessages": "quarantine",
+        "allowedOrigins": ["https://shop.example", "https://*.shop.example"],
+        "rateLimit": "10:20",
+        "trackingPlan": None,
+        "planEnforcement": "omit",
+        "qualityEnforcement": "quarantine",
+    }
+    docs = [
+        config_doc(),
+        config_doc(limits={"maxEventBytes": 1000}, storage="sqlite:///file.db"),
+        config_doc(
+            adminTokens="adm_a,adm_b",
+            trustedProxies=["10.0.0.0/8"],
+            rateLimit=5,
+            invalidMessages="quarantine",
+            sqliteSynchronous="normal",
+            max_request_bytes="1000",  # snake_case, digits as text: read today
+            limits={"maxBatchEvents": 10, "retryAfterSeconds": 2},
+            workspaces=[
+                {"id": "ws_AAAAAAAAAAAAAAAA", "name": "A", "tokens": "tok_a", "sources": [full_source]},
+                {"id": "ws_BBBBBBBBBBBBBBBB", "sources": None},
+                {"id": "ws_CCCCCCCCCCCCCCCC", "name": 2024, "sources": [{"id": 7, "writeKeys": [12345]}]},
+            ],
+        ),
+    ]
+    readme = README.read_text()
+    docs += [
+        yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "workspaces:" in block
+    ]
+    return docs
+
+
+def test_every_config_valid_before_the_schema_still_loads(tmp_path: Path) -> None:
+    from collector.config_schema import problems
+    from collector.settings import write_dev_config
+
+    for doc in every_key_used_today():
+        assert problems(doc) == [], doc
+        load(write_doc(tmp_path, doc), environ={})
+    write_dev_config(tmp_path / "dev.yaml")
+    load(tmp_path / "dev.yaml", environ={})

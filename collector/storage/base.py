@@ -101,7 +101,7 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> bool:
-        """True when a write would be attempted now (for /ready)."""
+        """True when a small durable write succeeds now (probed in the background for /ready)."""
         ...
 
     async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:

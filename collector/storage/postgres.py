@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from collector import jsonio
 from collector.errors import BadRequest, ConfigError, StorageUnavailable
@@ -81,6 +82,7 @@ MIGRATION_LOCK = 0x636F6C6C
 EVENTS_LOCK = 0x636F6C6D
 MAX_GROUP_EVENTS = 10_000  # rows per group-commit transaction
 OPTIONS = {"pool_min": 1, "pool_max": 8, "pool_timeout": 5.0}
+RECONNECT_DELAY_MAX = 1.0  # seconds between the pool's attempts to reconnect (psycopg_pool doubles without end)
 
 # Bodies travel as `json` (kept verbatim, as sqlite keeps the bytes), not jsonb (which reorders keys).
 # %b: arrays go in binary form; the text form escapes every quote of every body with a regex.
@@ -135,11 +137,26 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class _SteadyAttempt(AttemptWithBackoff):
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_DELAY_MAX)
+
+
+class _Pool(AsyncConnectionPool):
+    """psycopg_pool waits 1, 2, 4, 8 … s between attempts to reconnect, so after a 30 s outage the
+    pool may wait another 16 s once the server is back, answering 503 meanwhile. We retry every
+    second (a refused connection costs little) and are writable again within about a second."""
+
+    async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        await super()._add_connection(attempt or _SteadyAttempt(timeout=self.reconnect_timeout), growing)
+
+
 class PostgresStorage:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, options = split_url(url)
-        self.pool = AsyncConnectionPool(
+        self.pool = _Pool(
             self.conninfo,
             min_size=int(options["pool_min"]),
             max_size=max(int(options["pool_max"]), int(options["pool_min"])),
@@ -185,9 +202,11 @@ class PostgresStorage:
         await self.pool.close()
 
     async def ping(self) -> bool:
+        """A durable write probe: txid_current() gives the statement a transaction id, so its commit is
+        flushed to the WAL (a read-only or recovering server refuses it; SELECT 1 would not)."""
         try:
-            async with self.pool.connection(timeout=min(self.pool.timeout, 2.0)) as conn:
-                await conn.execute("SELECT 1")
+            async with self.pool.connection(timeout=min(self.pool.timeout, 1.0)) as conn:
+                await conn.execute("SELECT txid_current()")
         except Exception:
             return False
         return True

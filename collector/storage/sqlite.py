@@ -202,6 +202,12 @@ def path_from_url(url: str) -> str:
     return path
 
 
+def _rewrite_user_version(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing (the readiness probe); read and set in the writer's transaction."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    conn.execute(f"PRAGMA user_version={version}")
+
+
 def _connect(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -264,10 +270,12 @@ class SQLiteStorage:
         self._readers.shutdown(wait=True)
 
     async def ping(self) -> bool:
+        """A durable write probe through the writer thread: the schema version rewritten as it is, under
+        the write lock (BEGIN IMMEDIATE), and committed. A stuck writer or a held lock makes it slow."""
         if self._writer is None or not self._writer.is_alive():
             return False
         try:
-            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+            await self._submit(_rewrite_user_version)
         except Exception:
             return False
         return True
