@@ -10,7 +10,7 @@
   fails it at that field (batch items are validated by the schema of their type);
 - profile `inspect` cases check storage; `segment` and `collector` cases check the answer;
 - `segment` cases (and inspect cases of segment's promises) cite what Segment documents
-  (../shared/reference/segment-protocol.md#section) or a real client's capture.
+  (conformance/reference/segment-protocol.md#section) or a real client's capture.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def readme_sections(readme: Path) -> dict[str, str]:
     return sections
 
 
-REFERENCE = "../shared/reference/"
+REFERENCE = "conformance/reference/"  # copies of the protocol notes and captures, shipped with the kit
 
 
 def resolve_anchor(ref: str, quote: str, spec_dir: Path) -> str | None:
