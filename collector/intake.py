@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
-import orjson
 from starlette.types import Receive, Scope
 
 from collector import jsonio
@@ -147,15 +146,17 @@ class Parsed(NamedTuple):
 
 def parse_json(body: bytes) -> Parsed:
     """One JSON object, whatever the Content-Type (browsers send text/plain). Integers keep their
-    exact digits (jsonio). A body orjson refuses only for what a real client writes and storage
+    exact digits (jsonio). A body the parser refuses only for what a real client writes and storage
     can be given mended (a lone surrogate escape, Python's NaN/Infinity) is taken by the lenient
     parser, to be repaired item by item rather than lose the whole request."""
     if not body:
         raise InvalidJSON("Empty body", "The body must be one JSON object; it was empty.")
-    needs_scrub = _NUL_ESCAPE in body
+    # Only an escape can hold a NUL or a surrogate, and a backslash is found with memchr: the
+    # six-byte search alone cost ~0.45 ns a byte (the body's many zeros defeat its skip table).
+    needs_scrub = b"\\" in body and _NUL_ESCAPE in body
     try:
         payload = jsonio.loads(body)
-    except (orjson.JSONDecodeError, ValueError) as exc:
+    except ValueError as exc:
         try:
             payload = jsonio.exact_loads(body, lenient=True)
         except ValueError:
