@@ -117,11 +117,6 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def parse_micros(value: Any) -> int | None:
-    moment = parse_time(value)
-    return None if moment is None else micros(moment)
-
-
 def client_micros(value: Any) -> tuple[int | None, str | None]:
     """A client-sent time in µs since the epoch, and the repair it took (a _TIME_PROBLEMS key)."""
     if value is None:

@@ -66,16 +66,17 @@ def test_spec_check_command_passes_on_the_committed_schemas() -> None:
     assert "up to date" in result.stdout
 
 
+def serve_and_fail(config: Path) -> subprocess.CompletedProcess[str]:
+    """`collector serve` with a config it must refuse at start-up."""
+    port = str(free_port())
+    args = [sys.executable, "-m", "collector", "serve", "--config", str(config), "--port", port]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=config.parent)
+
+
 def test_bad_config_exits_2_with_a_sentence(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("workspaces: [{id: nope}]\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "serve", "--config", str(config), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
+    result = serve_and_fail(config)
     assert result.returncode == 2
     assert "workspaces[0].id must match" in result.stderr
 
@@ -89,13 +90,7 @@ def test_serve_with_a_typo_in_the_config_exits_2_with_the_suggestion(tmp_path: P
         "    sources:\n"
         "      - {id: src_web, writeKeys: [k], alowedOrigins: ['https://shop.example']}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "serve", "--config", str(config), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
+    result = serve_and_fail(config)
     assert result.returncode == 2, result.stderr
     assert "workspaces[0].sources[0].alowedOrigins: unknown key; did you mean allowedOrigins?" in result.stderr
     assert "limts: unknown key; did you mean limits?" in result.stderr
