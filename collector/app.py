@@ -15,16 +15,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from collector import browser, debugger, endpoints, front, metrics, openapi, profiles, readback
 from collector.errors import CollectorError, ConfigError
-from collector.front import FrontDoor
-from collector.plans import PlanRegistry, default_plans_dir
-from collector.readiness import Readiness
-from collector.runtime import Runtime
+from collector.http import browser, debugger, front, metrics, openapi, profiles, readback
+from collector.http.front import FrontDoor
+from collector.pipeline import ingest as endpoints
+from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.readiness import Readiness
+from collector.pipeline.runtime import Runtime
+from collector.pipeline.validation import Validators
+from collector.schema.dsl import default_spec_dir
+from collector.schema.plans import default_plans_dir
+from collector.schema.spec import load_schemas
 from collector.settings import Settings
-from collector.spec import default_spec_dir, load_schemas
 from collector.storage import open_backend, scheme_of
-from collector.validation import Validators
 
 log = logging.getLogger("collector")
 access_log = logging.getLogger("collector.access")

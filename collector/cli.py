@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 
 from collector import settings as settings_module
-from collector import spec
 from collector.errors import ConfigError
 from collector.logs import ACCESS_LOG_ENV, configure_logging
+from collector.schema import build, dsl
+from collector.schema.spec import load as load_spec
 
 DEV_CONFIG = Path("collector.yaml")
 
@@ -80,24 +81,24 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def spec_command(args: argparse.Namespace) -> int:
-    spec_dir = Path(args.spec_dir) if args.spec_dir else spec.default_spec_dir()
+    spec_dir = Path(args.spec_dir) if args.spec_dir else dsl.default_spec_dir()
     try:
         if args.spec_action == "build":
-            for path in spec.write(spec_dir):
+            for path in build.write(spec_dir):
                 print(f"wrote {path}")
             return 0
         if args.spec_action == "table":
             from collector import spec_table
 
-            loaded = spec.load(spec_dir)
+            loaded = load_spec(spec_dir)
             if args.write:
                 changed = spec_table.write_readme(Path(args.write), loaded)
                 print(f"{args.write}: {'updated' if changed else 'already up to date'}")
             else:
                 print(spec_table.render(loaded))
             return 0
-        problems = spec.check(spec_dir)
-    except spec.SpecError as exc:
+        problems = build.check(spec_dir)
+    except dsl.SpecError as exc:
         print(f"collector: spec error: {exc}", file=sys.stderr)
         return 1
     for problem in problems:
@@ -126,7 +127,7 @@ def tail(args: argparse.Namespace) -> int:
     """Print stored events as JSON lines, following new ones (read-back API)."""
     import httpx
 
-    from collector.readback import encode_cursor
+    from collector.http.readback import encode_cursor
 
     headers = {"Authorization": f"Bearer {args.admin_token}"} if args.admin_token else {}
     cursor = None
@@ -159,8 +160,8 @@ def tail(args: argparse.Namespace) -> int:
 
 def plan_command(args: argparse.Namespace) -> int:
     from collector import plan_tools
-    from collector.plans import default_plans_dir, load_plans
-    from collector.spec import SpecError
+    from collector.schema.dsl import SpecError
+    from collector.schema.plans import default_plans_dir, load_plans
 
     plans_dir = Path(args.plans_dir) if args.plans_dir else default_plans_dir()
     try:

@@ -17,10 +17,11 @@ from typing import Any
 import orjson
 import yaml
 
-from collector.plans import Plan, check, compile_plan, load_plans, read_yaml
-from collector.spec import default_spec_dir as spec_dir
-from collector.spec import load, load_schemas
-from collector.validation import Validators
+from collector.pipeline.plans import check
+from collector.pipeline.validation import Validators
+from collector.schema.dsl import default_spec_dir as spec_dir
+from collector.schema.plans import Plan, compile_plan, load_plans, read_yaml
+from collector.schema.spec import load, load_schemas
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from collector.enrichment import TIME_REPAIRS
-from collector.repair import REPAIRS
-from collector.spec import CALL_TYPES, Spec
+from collector.paths import CALL_TYPES
+from collector.pipeline.enrichment import TIME_REPAIRS
+from collector.pipeline.repair import REPAIRS
+from collector.schema.spec import Spec
 
 BEGIN, END = "<!-- levels-table -->", "<!-- /levels-table -->"
 

@@ -284,7 +284,7 @@ def durable_app(database: Path) -> Any:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from collector.enrichment import format_micros, now_micros
+    from collector.pipeline.enrichment import format_micros, now_micros
     from collector.storage.base import StoredEvent
     from collector.storage.sqlite import SQLiteStorage
 

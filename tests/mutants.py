@@ -29,7 +29,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.app import create_app
-from collector.runtime import Runtime
+from collector.pipeline.runtime import Runtime
 from collector.settings import load
 from collector.storage.base import EventPage, EventQuery, StoredEvent, WriteResult
 

@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector.errors import PayloadTooLarge
-from collector.intake import Caller, ClientDisconnected, read_body
+from collector.pipeline.intake import Caller, ClientDisconnected, read_body
 from conftest import STRICT_KEY, WRITE_KEY, basic, make_client, stored
 
 OK = {"event": "A", "userId": "u"}

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from collector.browser import settings_document
+from collector.http.browser import settings_document
 from tests.conftest import ADMIN, ROOT, WRITE_KEY, Server, bearer, start_server, write_config
 
 BROWSER_DIR = ROOT / "tests" / "browser"

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from collector import debugger
-from collector.metrics import Pool
+from collector.http import debugger
+from collector.http.metrics import Pool
 from tests.conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer, start_server
 
 

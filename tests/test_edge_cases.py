@@ -285,7 +285,7 @@ def test_a_plan_file_of_the_wrong_shape_fails_start_up_with_a_sentence(tmp_path:
 
 
 def test_nullable_enum_admits_null() -> None:
-    from collector.spec import _Generator
+    from collector.schema.dsl import Generator
 
-    schema = _Generator({}).field({"type": "string", "nullable": True, "enum": ["a", "b"]}, "x")
+    schema = Generator({}).field({"type": "string", "nullable": True, "enum": ["a", "b"]}, "x")
     assert schema["enum"] == ["a", "b", None]

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.enrichment import Arrival, enrich, format_time, micros
+from collector.pipeline.enrichment import Arrival, enrich, format_time, micros
 from conftest import WRITE_KEY, basic, make_client, stored
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, 0, 500_000, tzinfo=UTC)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from collector.enrichment import parse_time
+from collector.pipeline.enrichment import parse_time
 from conftest import (
     ADMIN,
     OTHER_KEY,

@@ -17,8 +17,9 @@ import yaml
 from starlette.testclient import TestClient
 
 from collector import plan_tools
-from collector.plans import check, load_plans
-from collector.spec import SpecError
+from collector.pipeline.plans import check
+from collector.schema.dsl import SpecError
+from collector.schema.plans import load_plans
 from conftest import ADMIN, basic, bearer, config_doc, make_client, stored
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_unplanned_property_policies(tmp_path: Path, plans_dir: Path) -> None:
     plan["unplannedProperties"] = "omit"
     (plans_dir / "shop.yaml").write_text(yaml.safe_dump(plan))
     plans, _ = load_plans(plans_dir)
-    from collector.plans import enforce
+    from collector.pipeline.plans import enforce
 
     message = {
         "type": "track",

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from collector.errors import ConfigError
-from collector.ratelimit import RateLimiter, SharedBuckets
+from collector.pipeline.ratelimit import RateLimiter, SharedBuckets
 from collector.settings import load, parse_rate_limit
 from tests.conftest import OTHER_KEY, WRITE_KEY, basic, config_doc, make_client, start_server, stored
 

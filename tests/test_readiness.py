@@ -120,7 +120,7 @@ def test_sqlite_is_unready_while_another_process_holds_the_write_lock(config_pat
 def test_a_hung_probe_makes_the_store_unready_without_piling_probes_up() -> None:
     import asyncio
 
-    from collector.readiness import Readiness
+    from collector.pipeline.readiness import Readiness
 
     class Store:
         def __init__(self) -> None:

@@ -9,19 +9,20 @@ import jsonschema
 import orjson
 import pytest
 
-from collector import spec
+from collector import paths
 from collector.cli import main
+from collector.schema import build, dsl, spec
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 
 
 def test_committed_schemas_are_up_to_date() -> None:
-    assert spec.check(SPEC) == []
+    assert build.check(SPEC) == []
 
 
 def test_every_generated_schema_is_valid_draft_2020_12() -> None:
     schemas = spec.load_schemas(SPEC)
-    assert set(schemas) >= {*spec.CALL_TYPES, "batch", "profile-create", "profile-track", "profile-update"}
+    assert set(schemas) >= {*paths.CALL_TYPES, "batch", "profile-create", "profile-track", "profile-update"}
     for schema in schemas.values():
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         jsonschema.Draft202012Validator.check_schema(schema)
@@ -32,11 +33,11 @@ def test_a_yaml_edit_makes_the_committed_schemas_stale(tmp_path: Path) -> None:
     shutil.copytree(SPEC, copy)
     track = copy / "calls" / "track.yaml"
     track.write_text(track.read_text().replace("maxLength: 512", "maxLength: 200"))
-    problems = spec.check(copy)
+    problems = build.check(copy)
     assert problems == [f"{copy / 'schemas' / 'track.json'} is stale (run `collector spec build`)"]
     assert main(["spec", "check", "--spec-dir", str(copy)]) == 1
     assert main(["spec", "build", "--spec-dir", str(copy)]) == 0
-    assert spec.check(copy) == []
+    assert build.check(copy) == []
     assert orjson.loads((copy / "schemas" / "track.json").read_bytes())["properties"]["event"]["maxLength"] == 200
 
 
@@ -49,8 +50,8 @@ def test_unknown_type_in_yaml_is_a_spec_error(tmp_path: Path) -> None:
             "type: number\n          description: Revenue", "type: money\n          description: Revenue"
         )
     )
-    with pytest.raises(spec.SpecError, match=r"track\.properties\.revenue: unknown type 'money'"):
-        spec.build(copy)
+    with pytest.raises(dsl.SpecError, match=r"track\.properties\.revenue: unknown type 'money'"):
+        build.build(copy)
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from collector.auth import write_key_from_basic
 from collector.errors import CollectorError, Unauthorized
-from collector.intake import Caller
+from collector.pipeline.auth import write_key_from_basic
+from collector.pipeline.intake import Caller
 from collector.settings import Settings, Source
 
 # Preflight answer: Chromium caps the cache at 2 hours; without a max-age it re-preflights after ~5 s.

@@ -32,8 +32,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from collector import jsonio
-from collector.auth import AdminRequired, bearer_token
-from collector.runtime import IntakeReport, Runtime
+from collector.pipeline.auth import AdminRequired, bearer_token
+from collector.pipeline.runtime import IntakeReport, Runtime
 
 STREAM_SECONDS = 10.0
 KEEPALIVE_SECONDS = 5.0

@@ -266,7 +266,7 @@ def profile_paths(prefix: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     from collector import __version__
     from collector.app import BATCH_PATHS, CALL_PATHS  # here, not at import: app imports this module
-    from collector.browser import PIXEL_PATHS
+    from collector.http.browser import PIXEL_PATHS
 
     paths: dict[str, Any] = {}
     for kind, call_paths in CALL_PATHS.items():

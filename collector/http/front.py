@@ -22,13 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from collector import endpoints
-from collector.cors import CorsPolicy
 from collector.errors import CollectorError, MethodNotAllowed, NotFound, StorageUnavailable
+from collector.http.cors import CorsPolicy
+from collector.http.metrics import Metrics, route_template
 from collector.ids import unique_hex
-from collector.intake import Caller
-from collector.metrics import Metrics, route_template
-from collector.runtime import Runtime
+from collector.pipeline import ingest as endpoints
+from collector.pipeline.intake import Caller
+from collector.pipeline.runtime import Runtime
 from collector.settings import Settings
 
 log = logging.getLogger("collector")

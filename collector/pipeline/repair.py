@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any
 
-from collector.validation import pointer
+from collector.pipeline.validation import pointer
 
 REPLACEMENT = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -27,12 +27,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector import intake
-from collector.auth import authenticate_workspace
-from collector.enrichment import format_time
 from collector.errors import BadRequest, CollectorError, InvalidJSON, NotFound, UnsupportedMediaType
-from collector.responses import json_response
-from collector.runtime import Runtime
+from collector.http.responses import json_response
+from collector.pipeline import intake
+from collector.pipeline.auth import authenticate_workspace
+from collector.pipeline.enrichment import format_time
+from collector.pipeline.runtime import Runtime
 from collector.settings import new_id
 from collector.storage.base import ProfileStore
 

@@ -20,11 +20,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collector.auth import require_admin
-from collector.enrichment import format_time, parse_time
 from collector.errors import InvalidParameter, NotFound
-from collector.responses import json_response
-from collector.runtime import Runtime
+from collector.http.responses import json_response
+from collector.pipeline.auth import require_admin
+from collector.pipeline.enrichment import format_time, parse_time
+from collector.pipeline.runtime import Runtime
 from collector.storage.base import EventPage, EventQuery
 
 MAX_WAIT_SECONDS = 30.0

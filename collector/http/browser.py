@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector import endpoints, intake
 from collector.errors import BadRequest, NotFound
-from collector.intake import Caller
-from collector.runtime import Runtime
+from collector.pipeline import ingest as endpoints
+from collector.pipeline import intake
+from collector.pipeline.intake import Caller
+from collector.pipeline.runtime import Runtime
 
 # The smallest transparent GIF (43 bytes).
 PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.errors import CollectorError
-from collector.runtime import Runtime
+from collector.pipeline.runtime import Runtime
 from collector.settings import Source
 
 

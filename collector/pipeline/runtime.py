@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from collector.plans import Plan, PlanRegistry
-from collector.readiness import Readiness
+from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.readiness import Readiness
+from collector.pipeline.validation import Validators
+from collector.schema.plans import Plan
 from collector.settings import Settings, Source
 from collector.storage.base import ProfileStore, Storage, StoredEvent, WriteResult
-from collector.validation import Validators
 
 
 class IntakeReport(NamedTuple):

@@ -19,14 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from collector import auth, intake, jsonio, plans, ratelimit, repair
-from collector.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
+from collector import jsonio
 from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
-from collector.intake import Caller
-from collector.runtime import IntakeReport, Runtime
+from collector.pipeline import auth, intake, plans, ratelimit, repair
+from collector.pipeline.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
+from collector.pipeline.intake import Caller
+from collector.pipeline.runtime import IntakeReport, Runtime
+from collector.pipeline.validation import Validators
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
-from collector.validation import Validators
 
 Problem = dict[str, Any]  # {pointer, keyword, message}: a JSON pointer into the message, the rule, what is wrong
 Invalid = tuple[int, Any, list[Problem]]  # (index in the request, message, errors)

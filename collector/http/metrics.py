@@ -40,8 +40,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Scope
 
-from collector.auth import require_admin
-from collector.runtime import IntakeReport, Runtime
+from collector.pipeline.auth import require_admin
+from collector.pipeline.runtime import IntakeReport, Runtime
 
 EVENT_TYPES = frozenset(("track", "identify", "page", "screen", "group", "alias"))
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from collector.spec import CALL_TYPES
+from collector.paths import CALL_TYPES
 
 MAX_ERRORS_PER_MESSAGE = 20
 

@@ -1,0 +1,1 @@
+"""The ASGI edge: the front door and one module per API surface."""

@@ -1,0 +1,1 @@
+"""Build-time and start-up schema generation: the spec DSL, the base spec, tracking plans."""
