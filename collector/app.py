@@ -1,13 +1,11 @@
-"""create_app(settings) → the ASGI app: the front door (front.py) before the Starlette routes, and start-up."""
+"""The composition root: create_app(settings) builds the typed Runtime, opens each distinct store
+once (and closes it on shutdown), and puts the front door (http/front.py) before the routes."""
 
 from __future__ import annotations
 
-import gc
-import logging
-import re
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from collector.errors import CollectorError, ConfigError
-from collector.http import browser, debugger, front, metrics, openapi, profiles, readback
+from collector.http import browser, debugger, events, front, metrics, openapi, profiles, readback
 from collector.http.front import FrontDoor
-from collector.pipeline import ingest as endpoints
+from collector.paths import EVENT_PATHS
+from collector.pipeline.debug_hub import DebugHub, DebugPeers
+from collector.pipeline.metrics import Metrics
 from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
 from collector.pipeline.runtime import Runtime
 from collector.pipeline.validation import Validators
@@ -27,36 +28,19 @@ from collector.schema.dsl import default_spec_dir
 from collector.schema.plans import default_plans_dir
 from collector.schema.spec import load_schemas
 from collector.settings import Settings
-from collector.storage import open_backend, scheme_of
-
-log = logging.getLogger("collector")
-access_log = logging.getLogger("collector.access")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-CALL_PATHS = {
-    "track": ("/v1/track", "/v1/t"),
-    "identify": ("/v1/identify", "/v1/i"),
-    "page": ("/v1/page", "/v1/p"),
-    "screen": ("/v1/screen", "/v1/s"),
-    "group": ("/v1/group", "/v1/g"),
-    "alias": ("/v1/alias", "/v1/a"),
-}
-BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
+from collector.storage import open_event_store, open_profile_store, open_shared_store, scheme_of
+from collector.storage.base import ProfileStore, Storage
 
 
 def routes() -> list[Route]:
-    table = []
-    for kind, paths in CALL_PATHS.items():
-        for path in paths:
-            table.append(Route(path, partial(endpoints.collect_route, kind=kind), methods=["POST"]))
-    for path in BATCH_PATHS:
-        table.append(Route(path, partial(endpoints.collect_route, kind="batch"), methods=["POST"]))
-    table += [
-        Route("/v1/m", endpoints.telemetry, methods=["POST"]),
+    """Every path but the event POSTs (paths.EVENT_PATHS), which the front door answers itself."""
+    table = [
+        Route("/v1/m", events.telemetry, methods=["POST"]),
         Route("/v1/events", readback.list_events, methods=["GET"]),
         Route("/v1/events/{message_id:path}", readback.get_event, methods=["GET"]),
         Route("/v1/quarantine", readback.list_quarantine, methods=["GET"]),
-        Route("/health", endpoints.health, methods=["GET"]),
-        Route("/ready", endpoints.ready, methods=["GET"]),
+        Route("/health", events.health, methods=["GET"]),
+        Route("/ready", events.ready, methods=["GET"]),
     ]
     table += profiles.routes()
     table += browser.routes() + debugger.routes() + metrics.routes() + openapi.routes()
@@ -67,6 +51,19 @@ def backend_options(url: str, settings: Settings) -> dict[str, Any]:
     if scheme_of(url) == "sqlite":
         return {"synchronous": settings.sqlite_synchronous, "busy_timeout_ms": settings.sqlite_busy_timeout_ms}
     return {}
+
+
+def open_stores(settings: Settings) -> tuple[Storage, ProfileStore]:
+    """(event store, profile store): one instance when both URLs are the same."""
+    events_url, profiles_url = settings.storage, settings.profiles_url
+    if profiles_url == events_url:
+        shared = open_shared_store(events_url, **backend_options(events_url, settings))
+        assert isinstance(shared, ProfileStore)
+        return shared, shared
+    return (
+        open_event_store(events_url, **backend_options(events_url, settings)),
+        open_profile_store(profiles_url, **backend_options(profiles_url, settings)),
+    )
 
 
 def tracking_plans(settings: Settings) -> PlanRegistry | None:
@@ -81,87 +78,55 @@ def tracking_plans(settings: Settings) -> PlanRegistry | None:
         raise ConfigError(f"tracking plans in {plans_dir}: {exc}") from exc
 
 
-def event_paths() -> dict[str, str]:
-    """Path → call type ("batch" for the batch paths): the POSTs the front door takes itself."""
-    table = {path: kind for kind, paths in CALL_PATHS.items() for path in paths}
-    return table | dict.fromkeys(BATCH_PATHS, "batch")
-
-
-_GC_DEFAULTS = gc.get_threshold()
-_quiet_apps = 0  # running apps that quieted the GC; the last one to stop restores it
-
-
-def quiet_garbage_collector() -> None:
-    """Keeps the cyclic GC out of the hot path (at start-up).
-
-    Requests allocate many short-lived containers (parsing the benchmark's batch of 100 events
-    alone makes 1,402 dicts and lists) that reference counting frees, and the pipeline makes no
-    cycles, yet the default thresholds start a collection every 700 allocations and rescan the
-    older generations, where the ~33k objects of the modules, schemas and validators live. That
-    was 28 % of the event loop's time on batches (py-spy). Objects alive at start-up are frozen
-    out of collections, and young collections start every 10,000 allocations; cycles are still
-    collected. (50,000 saved no more CPU and ended the 10-minute soak at 83 MB RSS; 10,000 at
-    82 MB; the defaults at 79 MB.)"""
-    global _quiet_apps
-    _quiet_apps += 1
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
-def restore_garbage_collector() -> None:
-    global _quiet_apps
-    _quiet_apps -= 1
-    if _quiet_apps == 0:
-        gc.unfreeze()
-        gc.set_threshold(*_GC_DEFAULTS)
+def build_runtime(settings: Settings) -> Runtime:
+    storage, profile_store = open_stores(settings)
+    counters: Counter[tuple[str, str]] = Counter()
+    hub = DebugHub()
+    runtime = Runtime(
+        settings=settings,
+        validators=Validators(load_schemas(default_spec_dir())),
+        storage=storage,
+        profiles=profile_store,
+        plans=tracking_plans(settings),
+        rate_limiter=RateLimiter.for_settings(settings, counters),
+        metrics=Metrics(counters, settings.workers_dir),
+        debug_hub=hub,
+        debug_peers=DebugPeers(hub, Path(settings.workers_dir)) if settings.workers_dir else None,
+        readiness=Readiness(storage, profile_store),
+        counters=counters,
+    )
+    runtime.listeners += [runtime.metrics.on_intake, hub.on_intake]  # intake counts, live arrivals
+    return runtime
 
 
 def create_app(settings: Settings) -> FrontDoor:
-    validators = Validators(load_schemas(default_spec_dir()))
-    storage = open_backend(settings.storage, **backend_options(settings.storage, settings))
-    if settings.profiles_url == settings.storage:
-        if scheme_of(settings.storage) == "nats":
-            raise ConfigError("NATS stores events only: give profiles their own URL (--profiles postgresql://…)")
-        profile_store = storage  # one backend serves both
-    else:
-        profile_store = open_backend(settings.profiles_url, **backend_options(settings.profiles_url, settings))
-    plans = tracking_plans(settings)
-    runtime = Runtime(settings=settings, validators=validators, storage=storage, profiles=profile_store, plans=plans)
-    app_metrics = metrics.install(runtime)  # times storage writes, counts intake
-    debugger.install(runtime)  # live arrivals for /debugger
-    debugger_peers = debugger.peers_of(runtime)  # with --workers N: the other workers' arrivals
+    runtime = build_runtime(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await storage.open()
-        if profile_store is not None:
-            await profile_store.open()
-        if plans is not None:
-            plans.start()
-        readiness = runtime.readiness = Readiness(storage, profile_store)
-        await readiness.start()
-        runtime.ready = True
-        quiet_garbage_collector()
-        if app_metrics.pool is not None:
-            app_metrics.pool.start()
-        if debugger_peers is not None:
-            await debugger_peers.start()
-        try:
-            yield
-        finally:
-            if debugger_peers is not None:
-                await debugger_peers.stop()
-            if app_metrics.pool is not None:
-                await app_metrics.pool.stop()
-            restore_garbage_collector()
-            runtime.ready = False
-            await readiness.stop()
-            if plans is not None:
-                await plans.stop()
-            if profile_store is not None:
-                await profile_store.close()
-            await storage.close()
+        async with AsyncExitStack() as stack:
+            stores: list[Storage | ProfileStore] = [runtime.storage]
+            if runtime.profiles is not runtime.storage:  # one instance may serve both: opened once
+                stores.append(runtime.profiles)
+            for store in stores:
+                await store.open()
+                stack.push_async_callback(store.close)
+            if runtime.plans is not None:
+                runtime.plans.start()
+                stack.push_async_callback(runtime.plans.stop)
+            await runtime.readiness.start()
+            stack.push_async_callback(runtime.readiness.stop)
+            if runtime.metrics.pool is not None:
+                runtime.metrics.pool.start()
+                stack.push_async_callback(runtime.metrics.pool.stop)
+            if runtime.debug_peers is not None:
+                await runtime.debug_peers.start()
+                stack.push_async_callback(runtime.debug_peers.stop)
+            runtime.ready = True
+            try:
+                yield
+            finally:
+                runtime.ready = False
 
     routed = Starlette(
         routes=routes(),
@@ -173,13 +138,4 @@ def create_app(settings: Settings) -> FrontDoor:
         },
     )
     routed.state.runtime = runtime
-    return FrontDoor(routed, runtime, app_metrics, event_paths())
-
-
-def app_from_env() -> FrontDoor:
-    """Factory for uvicorn (`--workers N` re-imports the app in each process)."""
-    from collector.logs import configure_worker_logging
-    from collector.settings import load
-
-    configure_worker_logging()  # a worker process inherits no logging set-up from `serve`
-    return create_app(load())
+    return FrontDoor(routed, runtime, EVENT_PATHS)

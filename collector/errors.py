@@ -18,10 +18,10 @@ CollectorError
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import orjson
-from starlette.responses import Response
 
 
 class CollectorError(Exception):
@@ -35,7 +35,7 @@ class CollectorError(Exception):
         message: str | None = None,
         more_info: str | None = None,
         *,
-        errors: list[dict[str, Any]] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
@@ -57,20 +57,6 @@ class CollectorError(Exception):
         if self.errors is not None:
             body["errors"] = self.errors
         return body
-
-    def encoded(self, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """(status, JSON body, headers): the answer for raw ASGI code (front.py)."""
-        extra = self.headers | headers if headers else self.headers
-        pairs = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
-        return self.status, orjson.dumps(self.body()), pairs
-
-    def response(self, headers: dict[str, str] | None = None) -> Response:
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers=self.headers | (headers or {}),
-        )
 
 
 class BadRequest(CollectorError):
@@ -149,8 +135,29 @@ class StorageUnavailable(CollectorError):
     more_info = "Nothing from this request was acknowledged; retry after the number of seconds in Retry-After."
 
     def __init__(self, message: str | None = None, more_info: str | None = None, **kw: Any) -> None:
-        kw.setdefault("headers", {"Retry-After": "5"})
         super().__init__(message, more_info, **kw)
+
+
+class RenderSettings(Protocol):
+    """What rendering needs of the settings (errors.py sits below settings.py)."""
+
+    @property
+    def retry_after_seconds(self) -> int: ...
+
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def render(error: CollectorError, settings: RenderSettings) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, JSON body) of an error answer: the one renderer, on every path (the event
+    fast path in http/front.py and the Starlette routes). A 503 says when to retry."""
+    body = orjson.dumps(error.body())
+    headers = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
+    own = error.headers
+    if isinstance(error, StorageUnavailable) and "Retry-After" not in own:
+        own = own | {"Retry-After": str(settings.retry_after_seconds)}
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in own.items()]
+    return error.status, headers, body
 
 
 class ConfigError(Exception):

@@ -1,6 +1,6 @@
 """Logging: one JSON object per line on stderr, for our loggers and the libraries' alike.
 
-`collector serve` configures it in its own process, and app_from_env() again in each worker:
+`collector serve` configures it in its own process, and cli.worker_app() again in each worker:
 uvicorn's `--workers N` processes import the app fresh and inherit no logging set-up. The
 handler sits on the root logger, so psycopg, psycopg.pool, nats and uvicorn (whose own
 dictConfig `serve` turns off) are formatted the same way.

@@ -21,17 +21,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.errors import BadRequest, NotFound
-from collector.pipeline import ingest as endpoints
+from collector.paths import PIXEL_PATHS
 from collector.pipeline import intake
+from collector.pipeline.ingest import ingest
 from collector.pipeline.intake import Caller
 from collector.pipeline.runtime import Runtime
 
 # The smallest transparent GIF (43 bytes).
 PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
-PIXEL_PATHS = {
-    "track": ("/v1/track", "/v1/t", "/v1/pixel/track"),
-    "page": ("/v1/page", "/v1/p", "/v1/pixel/page"),
-}
 
 
 def collector_base_url(request: Request, runtime: Runtime) -> str:
@@ -117,7 +114,7 @@ async def pixel(request: Request, kind: str) -> Response:
     """GET beacon: same validation, enrichment and storage as a POST; a 1×1 GIF when stored."""
     runtime: Runtime = request.app.state.runtime
     parsed, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
-    await endpoints.ingest(runtime, Caller.of(request.scope), parsed, size, kind)
+    await ingest(runtime, Caller.of(request.scope), parsed, size, kind)
     # no-store: an e-mail client or proxy that caches the image would hide later opens.
     return Response(PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 

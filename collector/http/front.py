@@ -4,7 +4,7 @@
                → answer with X-Request-Id + CORS headers → latency metric (+ access log line)
 
 Event POSTs (/v1/t, /v1/batch, …) are the traffic a collector lives on, so they go straight
-from ASGI to `endpoints.collect()`: no router, Request or middleware stack, one dict of the
+from ASGI to `events.collect()`: no router, Request or middleware stack, one dict of the
 headers built once. Every other path goes through the Starlette app. The two share this one
 place for what every answer needs, so they cannot drift apart.
 """
@@ -22,30 +22,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from collector.errors import CollectorError, MethodNotAllowed, NotFound, StorageUnavailable
+from collector.errors import CollectorError, MethodNotAllowed, NotFound, render
+from collector.http import events
 from collector.http.cors import CorsPolicy
-from collector.http.metrics import Metrics, route_template
+from collector.http.metrics import route_template
 from collector.ids import unique_hex
-from collector.pipeline import ingest as endpoints
 from collector.pipeline.intake import Caller
 from collector.pipeline.runtime import Runtime
-from collector.settings import Settings
 
 log = logging.getLogger("collector")
 access_log = logging.getLogger("collector.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = (b"content-type", b"application/json")
-SUCCESS_HEADERS = [JSON, (b"content-length", str(len(endpoints.SUCCESS_BODY)).encode())]
+SUCCESS_HEADERS = [JSON, (b"content-length", str(len(events.SUCCESS_BODY)).encode())]
 
 
 class FrontDoor:
     """The ASGI app the server runs (create_app() returns one)."""
 
-    def __init__(self, routed: Starlette, runtime: Runtime, metrics: Metrics, event_paths: dict[str, str]) -> None:
+    def __init__(self, routed: Starlette, runtime: Runtime, event_paths: dict[str, str]) -> None:
         self.routed = routed
         self.state = routed.state  # app.state.runtime, as for a Starlette app
         self.runtime = runtime
-        self.metrics = metrics
+        self.metrics = runtime.metrics
         self.event_paths = event_paths  # path → call type, or "batch"
         self.cors = CorsPolicy(runtime.settings)
 
@@ -67,7 +66,10 @@ class FrontDoor:
             if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
                 cors, refusal = self.cors.preflight(origin)
                 status = 403 if refusal else 204
-                await self.answer(send, status, b"" if refusal is None else None, cors + extra, refusal)
+                if refusal is None:
+                    await self.answer(send, status, b"", cors + extra)
+                else:
+                    await self.answer_error(send, refusal, cors + extra, scope["request_id"])
                 path = scope["path"]  # a known event path, or "unmatched": label values stay bounded
                 self.observe(scope, path if path in self.event_paths else "unmatched", status, began)
                 return
@@ -77,7 +79,7 @@ class FrontDoor:
 
         kind = self.event_paths.get(scope["path"]) if scope["method"] == "POST" else None
         if refusal is not None:
-            status = await self.answer(send, refusal.status, None, extra, refusal)
+            status = await self.answer_error(send, refusal, extra, scope["request_id"])
         elif kind is not None:
             status = await self.collect(scope, receive, send, caller or Caller.of(scope, headers), kind, extra)
         else:
@@ -88,15 +90,14 @@ class FrontDoor:
         self, scope: Scope, receive: Receive, send: Send, caller: Caller, kind: str, extra: list[Any]
     ) -> int:
         try:
-            await endpoints.collect(self.runtime, caller, receive, kind)
+            await events.collect(self.runtime, caller, receive, kind)
         except CollectorError as exc:
-            own = error_headers(exc, self.runtime.settings, scope["request_id"])
-            return await self.answer(send, exc.status, None, extra, exc, own)
+            return await self.answer_error(send, exc, extra, scope["request_id"])
         except Exception:
             log.exception("unhandled error", extra={"request_id": scope["request_id"], "path": scope["path"]})
-            return await self.answer(send, 500, None, extra, CollectorError())
+            return await self.answer_error(send, CollectorError(), extra, None)
         await send({"type": "http.response.start", "status": 200, "headers": SUCCESS_HEADERS + extra})
-        await send({"type": "http.response.body", "body": endpoints.SUCCESS_BODY})
+        await send({"type": "http.response.body", "body": events.SUCCESS_BODY})
         return 200
 
     async def route(self, scope: Scope, receive: Receive, send: Send, extra: list[Any]) -> int:
@@ -116,26 +117,20 @@ class FrontDoor:
         except Exception:
             log.exception("unhandled error", extra={"request_id": scope["request_id"], "path": scope.get("path")})
             if not started:  # (Starlette's ServerErrorMiddleware normally answered already, via on_unhandled)
-                await self.answer(send, 500, None, extra, CollectorError())
+                await self.answer_error(send, CollectorError(), extra, None)
         return status
 
-    async def answer(
-        self,
-        send: Send,
-        status: int,
-        body: bytes | None,
-        headers: list[Any],
-        error: CollectorError | None,
-        error_extra: dict[str, str] | None = None,
-    ) -> int:
-        """Sends an answer: `body` as it is, or the error's JSON shape (with its own headers)."""
-        if error is not None:
-            status, body, own = error.encoded(error_extra)
-            headers = [JSON, *own, *headers]
-        assert body is not None
+    async def answer(self, send: Send, status: int, body: bytes, headers: list[Any]) -> int:
         if status != 204:
             headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    async def answer_error(self, send: Send, error: CollectorError, extra: list[Any], request_id: str | None) -> int:
+        log_server_error(error, request_id)
+        status, headers, body = render(error, self.runtime.settings)
+        await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
         return status
 
@@ -160,38 +155,44 @@ class FrontDoor:
             )
 
 
-def error_headers(error: CollectorError, settings: Settings, request_id: str | None) -> dict[str, str]:
-    """What an error answer adds, on either path: Retry-After on a 503; a 5xx is logged."""
+def log_server_error(error: CollectorError, request_id: str | None) -> None:
     if error.status >= 500:
         log.warning("%s: %s", error.code, error.more_info, extra={"request_id": request_id})
-    if isinstance(error, StorageUnavailable):
-        return {"Retry-After": str(settings.retry_after_seconds)}
-    return {}
 
 
-# --- how the Starlette part answers what its routes raise ---------------------------------------
+# --- how the Starlette part answers what its routes raise: through the same renderer -----------
+
+
+def rendered(request: Request, error: CollectorError) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    status, headers, body = render(error, runtime.settings)
+    response = Response(body, status_code=status)
+    response.raw_headers = headers  # content-type and content-length included
+    return response
 
 
 async def on_collector_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CollectorError)
-    runtime: Runtime = request.app.state.runtime
-    return exc.response(error_headers(exc, runtime.settings, request.scope.get("request_id")))
+    log_server_error(exc, request.scope.get("request_id"))
+    return rendered(request, exc)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    error: CollectorError
     if exc.status_code == 404:
-        return NotFound("Not found", f"No endpoint at {request.url.path}.").response()
-    if exc.status_code == 405:
-        return MethodNotAllowed(more_info=f"{request.method} is not accepted on {request.url.path}.").response(
-            dict(exc.headers or {})
+        error = NotFound("Not found", f"No endpoint at {request.url.path}.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(
+            more_info=f"{request.method} is not accepted on {request.url.path}.", headers=dict(exc.headers or {})
         )
-    error = CollectorError(str(exc.detail), str(exc.detail))
-    error.status = exc.status_code
-    error.code = "http_error"
-    return error.response()
+    else:
+        error = CollectorError(str(exc.detail), str(exc.detail))
+        error.status = exc.status_code
+        error.code = "http_error"
+    return rendered(request, error)
 
 
 async def on_unhandled(request: Request, exc: Exception) -> Response:
     """The JSON 500 (Starlette then re-raises, and FrontDoor.route logs it with the request id)."""
-    return CollectorError().response()
+    return rendered(request, CollectorError())

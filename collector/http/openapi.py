@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from collector.paths import BATCH_PATHS, CALL_PATHS, PIXEL_PATHS
+
 JSON = "application/json"
 ERROR_STATUSES = {
     "400": "Bad request: invalid JSON, message or parameter (`errors` names each field by JSON pointer).",
@@ -265,8 +267,6 @@ def profile_paths(prefix: str) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     from collector import __version__
-    from collector.app import BATCH_PATHS, CALL_PATHS  # here, not at import: app imports this module
-    from collector.http.browser import PIXEL_PATHS
 
     paths: dict[str, Any] = {}
     for kind, call_paths in CALL_PATHS.items():

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector.errors import BadRequest, CollectorError, InvalidJSON, NotFound, UnsupportedMediaType
+from collector.errors import BadRequest, InvalidJSON, NotFound, UnsupportedMediaType
 from collector.http.responses import json_response
 from collector.pipeline import intake
 from collector.pipeline.auth import authenticate_workspace
@@ -72,8 +72,6 @@ def now_text() -> str:
 def _context(request: Request) -> tuple[Runtime, ProfileStore, str]:
     runtime: Runtime = request.app.state.runtime
     workspace = authenticate_workspace(request.headers.get("authorization"), runtime.settings)
-    if runtime.profiles is None:
-        raise CollectorError("Profiles are not configured", "Start the collector with --profiles URL.")
     return runtime, runtime.profiles, workspace.id
 
 

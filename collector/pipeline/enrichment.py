@@ -17,11 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from collector.ids import unique_hex
+from collector.pipeline.records import Problem
 
 _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId", "messageId")
 _SECONDS_BELOW = 10**11  # an epoch number below this is seconds (year 5138), above it milliseconds
 _FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # a client time further ahead than this is not believed
-_NO_PROBLEMS: list[dict[str, Any]] = []  # shared, never appended to: most messages have none
+_NO_PROBLEMS: list[Problem] = []  # shared, never appended to: most messages have none
 _TIME_PROBLEMS = {
     "numericTimestamp": "a number, read as epoch {unit}",
     "unparseableTimestamp": "not an ISO-8601 date-time; ignored (the raw value is kept)",
@@ -130,18 +131,18 @@ def client_micros(value: Any) -> tuple[int | None, str | None]:
     return None, "unparseableTimestamp"
 
 
-def time_problem(field: str, keyword: str, value: Any) -> dict[str, Any]:
+def time_problem(field: str, keyword: str, value: Any) -> Problem:
     text = _TIME_PROBLEMS[keyword]
     if keyword == "numericTimestamp":
         text = text.format(unit="seconds" if abs(value) < _SECONDS_BELOW else "milliseconds")
-    return {"pointer": f"/{field}", "keyword": keyword, "message": f"{field} is {text}"}
+    return Problem(pointer=f"/{field}", keyword=keyword, message=f"{field} is {text}")
 
 
 def new_message_id() -> str:
     return "api-" + unique_hex()
 
 
-def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> list[dict[str, Any]]:
+def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> list[Problem]:
     """Make `message` its stored form (in place). Returns the repairs it took (usually none)."""
     message.pop("writeKey", None)  # credentials are never stored
     for name in _ID_FIELDS:

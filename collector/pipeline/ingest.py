@@ -1,9 +1,9 @@
-"""The Segment-compatible event API. `collect()` is the whole ingestion pipeline, top to bottom:
+"""The ingestion pipeline after the body is parsed, top to bottom in `ingest()`:
 
-    read body → parse JSON → authenticate → split batch → validate → enrich → store → 200
+    authenticate → rate limit → split batch → validate → plan → enrich → quality → store → profiles
 
-The front door (front.py) calls it straight from ASGI for every event POST; it sees the request
-only through `intake.Caller`, and every stage is a plain function.
+http/events.py calls it for every event POST (and http/browser.py for pixel beacons); it sees the
+request only through `intake.Caller`, and every stage is a plain function.
 """
 
 from __future__ import annotations
@@ -15,44 +15,19 @@ import time
 from typing import Any
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive
 
 from collector import jsonio
-from collector.errors import CollectorError, InvalidMessage, StorageUnavailable
+from collector.errors import InvalidMessage
 from collector.pipeline import auth, intake, plans, ratelimit, repair
 from collector.pipeline.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
 from collector.pipeline.intake import Caller
-from collector.pipeline.runtime import IntakeReport, Runtime
+from collector.pipeline.records import Flags, Indexed, IntakeReport, Problem, Rejected
+from collector.pipeline.runtime import Runtime
 from collector.pipeline.validation import Validators
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
 
-Problem = dict[str, Any]  # {pointer, keyword, message}: a JSON pointer into the message, the rule, what is wrong
-Invalid = tuple[int, Any, list[Problem]]  # (index in the request, message, errors)
-SUCCESS_BODY = b'{"success":true}'
 USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
-
-
-def success() -> Response:
-    # Exactly 200 {"success": true}: several SDKs treat any other 2xx as a failure and retry forever.
-    return Response(SUCCESS_BODY, status_code=200, media_type="application/json")
-
-
-async def collect(runtime: Runtime, caller: Caller, receive: Receive, kind: str) -> None:
-    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch").
-    Returns when every event is durably stored (the answer is then 200 {"success": true});
-    raises CollectorError for every other answer."""
-    body = await intake.read_body(receive, caller, runtime.settings.max_request_bytes)  # 413 / 415 / 400
-    parsed = intake.parse_json(body)  # 400 only for what is not JSON at all
-    await ingest(runtime, caller, parsed, len(body), kind)
-
-
-async def collect_route(request: Request, kind: str) -> Response:
-    """The same as a Starlette route (the front door answers these paths before routing)."""
-    await collect(request.app.state.runtime, Caller.of(request.scope), request.receive, kind)
-    return success()
 
 
 async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_size: int, kind: str) -> None:
@@ -64,7 +39,7 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     settings = runtime.settings
     payload = parsed.payload
     source = auth.authenticate_source(caller.authorization, payload, caller.query_write_key, settings.write_keys)  # 401
-    ratelimit.enforce(runtime, source)  # 429 + Retry-After, when the source has a limit
+    ratelimit.enforce(runtime.rate_limiter, source)  # 429 + Retry-After, when the source has a limit
     messages, arrival, flags = split(payload, kind, body_size, caller, runtime, source)  # 400 / 413
     if parsed.needs_scrub:
         scrub_all(messages, flags)  # lone surrogates, NUL, NaN: repaired item by item
@@ -79,19 +54,14 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     began = time.perf_counter()
     result = await runtime.storage.write(events, quarantined)  # 503 on failure, never 200
     write_seconds = time.perf_counter() - began
-    if runtime.profiles is not None:
-        for user_id, traits in profile_updates(kept, result.inserted_ids):
-            await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, arrival.received_at_text)
+    for user_id, traits in profile_updates(kept, result.inserted_ids):
+        await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, arrival.received_at_text)
 
     runtime.count("plan_violations", source.id, planned.violations)
     # Outcomes (accepted, duplicate, quarantined, rejected) are counted by the metrics listener.
     runtime.notify(IntakeReport(source, events, held, refused, result, write_seconds, quality_rules(kept, flags)))
     if refused:
         raise rejection(refused, accepted=len(events), total=len(messages))
-
-
-Flags = dict[int, list[dict[str, Any]]]  # index in the request → quality problems and repairs
-Indexed = list[tuple[int, dict[str, Any]]]  # (index in the request, message)
 
 
 def scrub_all(messages: list[Any], flags: Flags) -> None:
@@ -116,26 +86,26 @@ def enrich_all(valid: Indexed, arrival: Arrival, flags: Flags) -> None:
             flags[index] = repairs
 
 
-def apply_quality(kept: Indexed, flags: Flags, source: Source) -> tuple[Indexed, list[Invalid]]:
+def apply_quality(kept: Indexed, flags: Flags, source: Source) -> tuple[Indexed, list[Rejected]]:
     """(messages to store, messages the source's qualityEnforcement holds back with their problems)."""
     if not flags:
         return kept, []
     escalate = source.quality_enforcement != "allow"
     stored: Indexed = []
-    escalated: list[Invalid] = []
+    escalated: list[Rejected] = []
     for index, message in kept:
         problems = flags.get(index)
         if not problems:
             stored.append((index, message))
         elif escalate:
-            escalated.append((index, message, problems))
+            escalated.append(Rejected(index, message, problems))
         else:
             record_violations(message, problems)
             stored.append((index, message))
     return stored, escalated
 
 
-def record_violations(message: dict[str, Any], problems: list[dict[str, Any]]) -> None:
+def record_violations(message: dict[str, Any], problems: list[Problem]) -> None:
     """Quality problems in context.protocols.violations, the shape tracking plans use (plus `rule`)."""
     context = message["context"]  # enrichment made it an object
     protocols = context.get("protocols")
@@ -145,7 +115,7 @@ def record_violations(message: dict[str, Any], problems: list[dict[str, Any]]) -
     context["protocols"] = protocols
 
 
-def quality_violation(problem: dict[str, Any]) -> dict[str, Any]:
+def quality_violation(problem: Problem) -> dict[str, Any]:
     keyword = problem["keyword"]
     field = problem["pointer"].lstrip("/").replace("/", ".")
     kind = "Repaired" if keyword in REPAIR_KEYWORDS else plans.VIOLATION_TYPES.get(keyword, "Invalid Value")
@@ -156,7 +126,7 @@ REPAIR_KEYWORDS = repair.SCRUB_KEYWORDS | frozenset(TIME_REPAIRS)  # recorded as
 _INDEX_STEP = re.compile(r"/\d+(?=/|$)")
 
 
-def rule_name(problem: dict[str, Any]) -> str:
+def rule_name(problem: Problem) -> str:
     """`<field>:<keyword>` with array indices as [] (the spec names these fields, so few exist);
     a scrub repair, which can happen anywhere, is named by its keyword alone."""
     keyword = problem["keyword"]
@@ -177,25 +147,25 @@ def quality_rules(stored: Indexed, flags: Flags) -> dict[str, int]:
     return counts
 
 
-def encode_all(messages: Indexed, source: Source) -> tuple[Indexed, list[StoredEvent], list[Invalid]]:
+def encode_all(messages: Indexed, source: Source) -> tuple[Indexed, list[StoredEvent], list[Rejected]]:
     """(messages stored, their rows, messages that cannot be). JSON nested deeper than the encoder
     allows (255 levels; the parser takes 1024) makes that one message invalid, not the request a 500."""
     kept: Indexed = []
     events: list[StoredEvent] = []
-    unstorable: list[Invalid] = []
+    unstorable: list[Rejected] = []
     for index, message in messages:
         try:
             events.append(stored_event(message, source))
             kept.append((index, message))
         except orjson.JSONEncodeError:
-            problem = {"pointer": "", "keyword": "maxDepth", "message": "JSON nested deeper than 255 levels"}
-            unstorable.append((index, message, [problem]))
+            problem = Problem(pointer="", keyword="maxDepth", message="JSON nested deeper than 255 levels")
+            unstorable.append(Rejected(index, message, [problem]))
     return kept, events, unstorable
 
 
 def sort_invalid(
-    invalid: list[Invalid], escalated: list[Invalid], planned: plans.Outcome, source: Source
-) -> tuple[list[Invalid], list[Invalid]]:
+    invalid: list[Rejected], escalated: list[Rejected], planned: plans.Outcome, source: Source
+) -> tuple[list[Rejected], list[Rejected]]:
     """(to quarantine, to reject): contract violations follow the source's invalidMessages, quality
     problems its qualityEnforcement, plan violations its planEnforcement."""
     held = invalid if source.invalid_messages == "quarantine" else []
@@ -208,9 +178,9 @@ def sort_invalid(
     held = held + planned.quarantined
     refused = refused + planned.rejected
     if len(held) > 1:
-        held.sort(key=lambda item: item[0])
+        held.sort(key=lambda item: item.position)
     if len(refused) > 1:
-        refused.sort(key=lambda item: item[0])
+        refused.sort(key=lambda item: item.position)
     return held, refused
 
 
@@ -283,27 +253,24 @@ def _in_items(problem: Problem) -> bool:
     return problem["pointer"].startswith("/batch/")
 
 
-def validate(messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags) -> tuple[Indexed, list[Invalid]]:
+def validate(messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags) -> tuple[Indexed, list[Rejected]]:
     """(index, message) of the messages that meet the contract, and (index, message, errors) of
     those that do not. The quality problems of valid ones are added to `flags`."""
     validators = runtime.validators
     by_type = validators.by_type
     max_bytes = runtime.settings.max_event_bytes
     valid: Indexed = []
-    invalid: list[Invalid] = []
+    invalid: list[Rejected] = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             invalid.append(
-                (index, message, [{"pointer": "", "keyword": "type", "message": "a message must be an object"}])
+                Rejected(index, message, [Problem(pointer="", keyword="type", message="a message must be an object")])
             )
             continue
         if check_sizes and len(jsonio.dumps(message)) > max_bytes:
-            problem = {
-                "pointer": "",
-                "keyword": "maxEventBytes",
-                "message": f"event is larger than maxEventBytes ({max_bytes} bytes)",
-            }
-            invalid.append((index, message, [problem]))
+            text = f"event is larger than maxEventBytes ({max_bytes} bytes)"
+            problem = Problem(pointer="", keyword="maxEventBytes", message=text)
+            invalid.append(Rejected(index, message, [problem]))
             continue
         kind = message.get("type")
         validator = by_type.get(kind) if type(kind) is str else None  # a sent type may be any JSON
@@ -312,7 +279,7 @@ def validate(messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Fl
             continue
         errors, quality = validators.check(message) if validator is not None else (validators.errors(message), [])
         if errors is not None:
-            invalid.append((index, message, errors))
+            invalid.append(Rejected(index, message, errors))
         else:
             flags.setdefault(index, []).extend(quality)
             valid.append((index, message))
@@ -337,9 +304,7 @@ def stored_event(message: dict[str, Any], source: Source) -> StoredEvent:
     )
 
 
-def quarantine(
-    invalid: list[tuple[int, Any, list[dict[str, Any]]]], source: Source, received_at: str
-) -> list[QuarantinedEvent]:
+def quarantine(invalid: list[Rejected], source: Source, received_at: str) -> list[QuarantinedEvent]:
     kept = []
     for _index, message, errors in invalid:
         if isinstance(message, dict):
@@ -370,7 +335,7 @@ def encode_for_quarantine(message: Any) -> bytes:
             return orjson.dumps({"tooDeep": True})
 
 
-def rejection(invalid: list[tuple[int, Any, list[dict[str, Any]]]], accepted: int, total: int) -> InvalidMessage:
+def rejection(invalid: list[Rejected], accepted: int, total: int) -> InvalidMessage:
     errors = []
     for index, message, problems in invalid:
         message_id = message.get("messageId") if isinstance(message, dict) else None
@@ -440,44 +405,3 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-async def telemetry(request: Request) -> Response:
-    """POST /v1/m: analytics-next's SDK metrics. Counted, never stored, always 200."""
-    runtime: Runtime = request.app.state.runtime
-    series = 0
-    try:
-        body = await intake.read_body(request.receive, Caller.of(request.scope), runtime.settings.max_request_bytes)
-        payload = orjson.loads(body) if body else {}
-        if isinstance(payload, dict) and isinstance(payload.get("series"), list):
-            series = len(payload["series"])
-    except (orjson.JSONDecodeError, CollectorError):  # telemetry is never worth an error to the SDK
-        pass
-    runtime.count("telemetry_requests", "-")
-    runtime.count("telemetry_series", "-", series)
-    return success()
-
-
-async def health(request: Request) -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-async def ready(request: Request) -> Response:
-    """From the state of the background write probes (readiness.py): answered at once, never waits on storage."""
-    runtime: Runtime = request.app.state.runtime
-    probes = runtime.readiness
-    storage_ok = runtime.ready and probes is not None and probes.storage
-    profiles_ok = runtime.ready and probes is not None and probes.profiles
-    if storage_ok and profiles_ok:
-        return Response(b'{"status":"ready"}', media_type="application/json")
-    error = StorageUnavailable(
-        "Not ready",
-        "Event storage is "
-        + ("reachable" if storage_ok else "unreachable")
-        + "; profile storage is "
-        + ("reachable" if profiles_ok else "unreachable")
-        + ".",
-        storage=storage_ok,
-        profiles=profiles_ok,
-    )
-    return error.response()

@@ -8,14 +8,17 @@ a gzip bomb costs at most `max_bytes` of memory.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
-from starlette.types import Receive, Scope
-
 from collector import jsonio
 from collector.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedEncoding
+
+# The ASGI shapes this stage reads (the same as starlette.types; the pipeline imports no web framework).
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 _NUL_ESCAPE = b"\\u0000"  # PostgreSQL cannot store it; raw NUL bytes are not JSON at all
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.pipeline.records import Indexed, Problem, Rejected
 from collector.schema.dsl import SpecError, default_spec_dir, pointer
 from collector.schema.plans import VIOLATION_TYPES, Plan, Rule, load_plans
 from collector.schema.spec import load as load_spec
@@ -23,14 +24,14 @@ log = logging.getLogger("collector.plans")
 @dataclass
 class Verdict:
     violations: list[dict[str, Any]]  # Segment form: {type, field, description}
-    errors: list[dict[str, Any]]  # collector form: {pointer, keyword, message}
+    errors: list[Problem]  # collector form: {pointer, keyword, message, violation}
     omitted: list[str]
 
 
 def check(plan: Plan, message: dict[str, Any]) -> Verdict:
     """What the plan says of one message that already passed the base spec."""
     violations: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
+    errors: list[Problem] = []
     omitted: list[str] = []
     rule, _version = plan.rule_for(message)
     kind = message.get("type")
@@ -65,11 +66,9 @@ def _extra_keys(message: dict[str, Any], rule: Rule) -> list[str]:
     return sorted(set(payload) - rule.planned_keys) if isinstance(payload, dict) else []
 
 
-def _add(
-    violations: list[dict[str, Any]], errors: list[dict[str, Any]], kind: str, at: str, keyword: str, text: str
-) -> None:
+def _add(violations: list[dict[str, Any]], errors: list[Problem], kind: str, at: str, keyword: str, text: str) -> None:
     violations.append({"type": kind, "field": at.lstrip("/").replace("/", "."), "description": text})
-    errors.append({"pointer": at, "keyword": keyword, "message": text, "violation": kind})
+    errors.append(Problem(pointer=at, keyword=keyword, message=text, violation=kind))
 
 
 def apply_omissions(message: dict[str, Any], verdict: Verdict) -> None:
@@ -107,24 +106,24 @@ def annotate(message: dict[str, Any], plan: Plan, verdict: Verdict) -> None:
 
 @dataclass
 class Outcome:
-    kept: list[tuple[int, dict[str, Any]]]  # (index in the request, message)
-    quarantined: list[tuple[int, Any, list[dict[str, Any]]]]
-    rejected: list[tuple[int, Any, list[dict[str, Any]]]]
+    kept: Indexed
+    quarantined: list[Rejected]
+    rejected: list[Rejected]
     violations: int
 
 
-def enforce(plan: Plan | None, enforcement: str, messages: list[tuple[int, dict[str, Any]]]) -> Outcome:
+def enforce(plan: Plan | None, enforcement: str, messages: Indexed) -> Outcome:
     """Apply a source's plan to its valid (index, message)s: keep (allow/omit), quarantine or reject."""
     if plan is None:
         return Outcome(messages, [], [], 0)
-    kept: list[tuple[int, dict[str, Any]]] = []
-    held: list[tuple[int, Any, list[dict[str, Any]]]] = []
+    kept: Indexed = []
+    held: list[Rejected] = []
     count = 0
     for index, message in messages:
         verdict = check(plan, message)
         count += len(verdict.violations)
         if verdict.violations and enforcement in ("quarantine", "reject"):
-            held.append((index, message, verdict.errors))
+            held.append(Rejected(index, message, verdict.errors))
             continue
         if enforcement == "omit":
             apply_omissions(message, verdict)

@@ -16,13 +16,13 @@ import mmap
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from collector.errors import CollectorError
-from collector.pipeline.runtime import Runtime
-from collector.settings import Source
+from collector.settings import Settings, Source
 
 
 class RateLimited(CollectorError):
@@ -77,10 +77,25 @@ class SharedBuckets:
 
 
 class RateLimiter:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, shared: SharedBuckets | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+        counters: Counter[tuple[str, str]] | None = None,
+    ) -> None:
         self.clock = clock
         self.shared = shared
+        self.counters: Counter[tuple[str, str]] = Counter() if counters is None else counters  # rate_limited
         self.buckets: dict[str, Bucket] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings, counters: Counter[tuple[str, str]]) -> RateLimiter:
+        """With --workers N the buckets live in a file in the workers' directory, shared by all."""
+        shared = None
+        if settings.workers_dir:
+            sources = {source.id for source in settings.write_keys.values()}
+            shared = SharedBuckets(Path(settings.workers_dir) / "rate-limits", sources)
+        return cls(shared=shared, counters=counters)
 
     def wait_seconds(self, key: str, rate: float, burst: float) -> float:
         """0 if a token was taken now, else how long until one is available (nothing taken)."""
@@ -95,28 +110,15 @@ class RateLimiter:
         return wait
 
 
-def limiter_of(runtime: Runtime) -> RateLimiter:
-    limiter = runtime.extras.get("rate_limiter")
-    if limiter is None:
-        settings = runtime.settings
-        shared = None
-        if settings.workers_dir:
-            sources = {source.id for source in settings.write_keys.values()}
-            shared = SharedBuckets(Path(settings.workers_dir) / "rate-limits", sources)
-        limiter = runtime.extras["rate_limiter"] = RateLimiter(shared=shared)
-    assert isinstance(limiter, RateLimiter)
-    return limiter
-
-
-def enforce(runtime: Runtime, source: Source) -> None:
+def enforce(limiter: RateLimiter, source: Source) -> None:
     """Raise 429 when `source` is over its limit; a no-op for unlimited sources."""
     if source.rate_limit is None:
         return
     rate, burst = source.rate_limit
-    wait = limiter_of(runtime).wait_seconds(source.id, rate, burst)
+    wait = limiter.wait_seconds(source.id, rate, burst)
     if wait > 0:
         seconds = max(1, math.ceil(wait))
-        runtime.count("rate_limited", source.id)
+        limiter.counters[("rate_limited", source.id)] += 1
         raise RateLimited(
             more_info=f"Source {source.id} is limited to {rate:g} requests/s (burst {burst:g}); "
             f"retry after {seconds} s.",

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any
 
+from collector.pipeline.records import Problem
 from collector.pipeline.validation import pointer
 
 REPLACEMENT = "\ufffd"
@@ -37,7 +38,7 @@ _REPAIRED = {
 }
 
 
-def _clean(text: str, at: list[Any], problems: list[dict[str, Any]], is_key: bool = False) -> str:
+def _clean(text: str, at: list[Any], problems: list[Problem], is_key: bool = False) -> str:
     """`text` mended; `at` is its path (a key's own path ends in the key, so it is mended too)."""
     if not _UNSTORABLE.search(text):
         return text
@@ -50,14 +51,14 @@ def _clean(text: str, at: list[Any], problems: list[dict[str, Any]], is_key: boo
     return cleaned
 
 
-def _problem(at: list[Any], keyword: str) -> dict[str, Any]:
-    return {"pointer": pointer(at), "keyword": keyword, "message": _REPAIRED[keyword]}
+def _problem(at: list[Any], keyword: str) -> Problem:
+    return Problem(pointer=pointer(at), keyword=keyword, message=_REPAIRED[keyword])
 
 
-def scrub(value: Any) -> tuple[Any, list[dict[str, Any]]]:
+def scrub(value: Any) -> tuple[Any, list[Problem]]:
     """(the value with every repair made, the problems). Containers are repaired in place;
     a top-level string or number comes back repaired. Iterative: any depth the parser took."""
-    problems: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     holder = [value]
     stack: list[tuple[Any, list[Any]]] = [(holder, [])]
     while stack:

@@ -1,4 +1,5 @@
-"""What a running collector holds between requests: settings, compiled validators, backends, counters."""
+"""What a running collector holds between requests, typed: settings, compiled validators, the
+stores, tracking plans, the rate limiter, metrics and the debugger's hub. app.create_app builds it."""
 
 from __future__ import annotations
 
@@ -6,26 +7,17 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
+from collector.pipeline.debug_hub import DebugHub, DebugPeers
+from collector.pipeline.metrics import Metrics
 from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
+from collector.pipeline.records import IntakeReport
 from collector.pipeline.validation import Validators
 from collector.schema.plans import Plan
 from collector.settings import Settings, Source
-from collector.storage.base import ProfileStore, Storage, StoredEvent, WriteResult
-
-
-class IntakeReport(NamedTuple):
-    """What one event request brought, once storage has answered (for metrics and the live debugger)."""
-
-    source: Source
-    events: list[StoredEvent]  # valid, enriched, handed to storage
-    quarantined: list[tuple[int, Any, list[dict[str, Any]]]]  # (index, message, errors), kept aside
-    rejected: list[tuple[int, Any, list[dict[str, Any]]]]  # (index, message, errors), answered 400
-    result: WriteResult
-    write_seconds: float  # from handing the events to storage until they were durable
-    quality: dict[str, int]  # quality rule → stored messages that broke it (recorded, not dropped)
+from collector.storage.base import ProfileStore, Storage
 
 
 @dataclass
@@ -33,13 +25,16 @@ class Runtime:
     settings: Settings
     validators: Validators
     storage: Storage
-    profiles: ProfileStore | None
-    plans: PlanRegistry | None = None  # tracking plans, reloaded when their files change
-    ready: bool = False
-    readiness: Readiness | None = None  # durable-write probes, refreshed in the background (for /ready)
+    profiles: ProfileStore
+    plans: PlanRegistry | None  # tracking plans, reloaded when their files change; None: no source has one
+    rate_limiter: RateLimiter
+    metrics: Metrics
+    debug_hub: DebugHub
+    debug_peers: DebugPeers | None  # with --workers N: the other workers' arrivals
+    readiness: Readiness
     # plan_violations / rate_limited / telemetry_*, per (counter, source id); event outcomes are in metrics
-    counters: Counter[tuple[str, str]] = field(default_factory=Counter)
-    extras: dict[str, Any] = field(default_factory=dict)
+    counters: Counter[tuple[str, str]]
+    ready: bool = False
     # Called after every event write; must be quick and must not raise (metrics, live debugger).
     listeners: list[Callable[[IntakeReport], None]] = field(default_factory=list)
 

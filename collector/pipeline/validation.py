@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema_rs
 
 from collector.paths import CALL_TYPES
+from collector.pipeline.records import Problem
 
 MAX_ERRORS_PER_MESSAGE = 20
 
@@ -33,7 +34,7 @@ class Validators:
             name: jsonschema_rs.validator_for(schema) for name, schema in schemas.items() if name not in compiled
         }
 
-    def check(self, message: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    def check(self, message: dict[str, Any]) -> tuple[list[Problem] | None, list[Problem]]:
         """(contract errors or None, quality problems) of a message whose full check failed."""
         contract = self.errors(message)
         if contract is not None:
@@ -41,36 +42,36 @@ class Validators:
         kind = message["type"]
         return None, self._describe(self.by_type[kind], self.schemas[kind], message)
 
-    def errors(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
+    def errors(self, message: dict[str, Any]) -> list[Problem] | None:
         """None when the message meets the contract, else its errors: pointer, keyword, message."""
         kind = message.get("type")
         validator = self.contract_by_type.get(kind) if isinstance(kind, str) else None
         if validator is None:
             return [
-                {
-                    "pointer": "/type",
-                    "keyword": "required" if kind is None else "enum",
-                    "message": "type is required" if kind is None else f"unknown message type {kind!r}",
-                }
+                Problem(
+                    pointer="/type",
+                    keyword="required" if kind is None else "enum",
+                    message="type is required" if kind is None else f"unknown message type {kind!r}",
+                )
             ]
         if validator.is_valid(message):
             return None
         return self._describe(validator, self.schemas[f"contract/{kind}"], message)
 
-    def errors_for(self, schema_name: str, instance: Any) -> list[dict[str, Any]] | None:
+    def errors_for(self, schema_name: str, instance: Any) -> list[Problem] | None:
         validator = self.extra[schema_name]
         if validator.is_valid(instance):
             return None
         return self._describe(validator, self.schemas[schema_name], instance)
 
-    def _describe(self, validator: Any, schema: dict[str, Any], instance: Any) -> list[dict[str, Any]]:
-        found = []
+    def _describe(self, validator: Any, schema: dict[str, Any], instance: Any) -> list[Problem]:
+        found: list[Problem] = []
         for error in validator.iter_errors(instance):
             keyword = str(error.schema_path[-1]) if error.schema_path else ""
             path = list(error.instance_path)
             if keyword == "required":  # point at the missing field itself, not its parent
                 path.append(error.kind.property)
-            entry = {"pointer": pointer(path), "keyword": keyword, "message": error.message}
+            entry = Problem(pointer=pointer(path), keyword=keyword, message=error.message)
             custom = _custom_message(schema, list(error.schema_path))
             if custom:
                 entry["message"] = custom["message"]

@@ -238,5 +238,3 @@ def load_plans(
         plans[plan.name] = plan
         schemas[plan.name] = schema
     return plans, schemas
-
-

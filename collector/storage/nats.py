@@ -106,7 +106,6 @@ class NATSStorage:
         self.timeout: float = options["timeout"]
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self._opened = 0
 
     def __repr__(self) -> str:
         return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
@@ -114,7 +113,6 @@ class NATSStorage:
     # --- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._opened += 1
         if self.nc is not None:
             return
         try:
@@ -140,7 +138,6 @@ class NATSStorage:
                         raise
                     await asyncio.sleep(0.5)
         except Exception as exc:
-            self._opened -= 1
             if "nc" in locals():
                 await nc.close()
             raise StorageUnavailable(f"Cannot open {self!r}: {type(exc).__name__}: {exc}") from exc
@@ -170,8 +167,7 @@ class NATSStorage:
             await js.stream_info(name)  # another node created it first
 
     async def close(self) -> None:
-        self._opened -= 1
-        if self._opened > 0 or self.nc is None:
+        if self.nc is None:
             return
         nc, self.nc, self.js = self.nc, None, None
         await nc.close()

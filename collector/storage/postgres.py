@@ -170,7 +170,6 @@ class PostgresStorage:
         )
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._opened = 0  # users of this instance (events and profiles may share one)
 
     def __repr__(self) -> str:
         return f"PostgresStorage({masked(self.url)!r})"
@@ -178,7 +177,6 @@ class PostgresStorage:
     # --- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._opened += 1
         if self._writer is not None:
             return
         try:
@@ -187,13 +185,11 @@ class PostgresStorage:
                 await migrate(conn)
         except Exception as exc:
             await self.pool.close()
-            self._opened -= 1
             raise StorageUnavailable(f"Cannot open {self!r}: {type(exc).__name__}: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def close(self) -> None:
-        self._opened -= 1
-        if self._opened > 0 or self._writer is None:
+        if self._writer is None:
             return
         writer, self._writer = self._writer, None
         writer.cancel()

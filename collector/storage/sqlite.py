@@ -226,7 +226,6 @@ class SQLiteStorage:
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._opened = 0  # users of this instance (events and profiles may share one)
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
@@ -234,7 +233,6 @@ class SQLiteStorage:
     # --- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._opened += 1
         if self._writer is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -261,8 +259,7 @@ class SQLiteStorage:
         return conn
 
     async def close(self) -> None:
-        self._opened -= 1
-        if self._opened > 0 or self._writer is None:
+        if self._writer is None:
             return
         self._queue.put(None)
         await asyncio.to_thread(self._writer.join)
