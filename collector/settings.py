@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from collector.config_check import problems
 from collector.errors import ConfigError
 
 WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
@@ -181,7 +182,6 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_path}: the config file must be a mapping")
-        from collector.config_schema import problems  # (it imports this module's tables)
 
         found = problems(loaded)
         if found:

@@ -18,7 +18,7 @@ import pytest
 from servers import Nats, Postgres, start_nats, start_postgres
 
 from collector.errors import BadRequest, StorageUnavailable
-from collector.storage import open_backend
+from collector.storage import open_event_store
 from collector.storage.base import EventQuery, QuarantinedEvent, StoredEvent
 
 WS, WS2 = "ws_AAAAAAAAAAAAAAAA", "ws_BBBBBBBBBBBBBBBB"
@@ -61,7 +61,7 @@ def profile_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @asynccontextmanager
 async def opened(url: str) -> AsyncIterator[Any]:
-    store = open_backend(url)
+    store = open_event_store(url)
     await store.open()
     try:
         yield store
@@ -298,7 +298,7 @@ async def eventually(write: Callable[[], Awaitable[Any]], within: float = 20.0) 
 
 def test_sqlite_failure_raises_storage_unavailable(tmp_path: Path) -> None:
     async def main() -> None:
-        store = open_backend(f"sqlite:///{tmp_path / 'events.db'}")
+        store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
         await store.open()
         await store.close()
         with pytest.raises(StorageUnavailable):
@@ -384,7 +384,7 @@ def test_postgresql_schema_is_created_once_by_nodes_starting_together(request: p
     url = fresh_url("postgresql", Path("."), request)
 
     async def main() -> None:
-        stores = [open_backend(url) for _ in range(3)]
+        stores = [open_event_store(url) for _ in range(3)]
         await asyncio.gather(*(store.open() for store in stores))  # three nodes migrating at once
         try:
             rows = await stores[0]._fetch("SELECT version FROM collector_schema", [])

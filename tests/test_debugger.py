@@ -12,8 +12,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from collector.http import debugger
-from collector.http.metrics import Pool
+from collector.pipeline import debug_hub as debugger
+from collector.pipeline.metrics import Pool
 from tests.conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer, start_server
 
 

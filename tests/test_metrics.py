@@ -10,7 +10,7 @@ import httpx
 import orjson
 from starlette.testclient import TestClient
 
-from collector.http.metrics import Pool
+from collector.pipeline.metrics import Pool
 from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, start_server, value
 
 

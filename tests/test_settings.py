@@ -137,7 +137,8 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
 def test_the_committed_schema_is_valid_draft_2020_12_and_built_from_the_settings_table() -> None:
     from jsonschema import Draft202012Validator
 
-    from collector.config_schema import SCHEMA_PATH, build, camel, dumps
+    from collector.config_check import SCHEMA_PATH
+    from collector.config_schema import build, camel, dumps
 
     committed = json.loads(SCHEMA_PATH.read_text())
     Draft202012Validator.check_schema(committed)
@@ -191,7 +192,7 @@ def every_key_used_today() -> list[dict[str, object]]:
 
 
 def test_every_config_valid_before_the_schema_still_loads(tmp_path: Path) -> None:
-    from collector.config_schema import problems
+    from collector.config_check import problems
     from collector.settings import write_dev_config
 
     for doc in every_key_used_today():
