@@ -105,10 +105,8 @@ def create_app(settings: Settings) -> FrontDoor:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            stores: list[Storage | ProfileStore] = [runtime.storage]
-            if runtime.profiles is not runtime.storage:  # one instance may serve both: opened once
-                stores.append(runtime.profiles)
-            for store in stores:
+            both: list[Storage | ProfileStore] = [runtime.storage, runtime.profiles]
+            for store in {id(store): store for store in both}.values():  # one instance may serve both: once
                 await store.open()
                 stack.push_async_callback(store.close)
             if runtime.plans is not None:

@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar, cast, get_args
 
 import yaml
 
@@ -24,9 +24,14 @@ from collector.config_check import problems
 from collector.errors import ConfigError
 
 WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
-INVALID_MESSAGE_MODES = ("reject", "quarantine")
-PLAN_ENFORCEMENTS = ("allow", "omit", "quarantine", "reject")
-QUALITY_ENFORCEMENTS = ("allow", "quarantine", "reject")  # allow: store and flag (the default)
+InvalidMessages = Literal["reject", "quarantine"]
+PlanEnforcement = Literal["allow", "omit", "quarantine", "reject"]
+QualityEnforcement = Literal["allow", "quarantine", "reject"]  # allow: store and flag (the default)
+SqliteSynchronous = Literal["FULL", "NORMAL", "EXTRA"]
+INVALID_MESSAGE_MODES: tuple[InvalidMessages, ...] = get_args(InvalidMessages)
+PLAN_ENFORCEMENTS: tuple[PlanEnforcement, ...] = get_args(PlanEnforcement)
+QUALITY_ENFORCEMENTS: tuple[QualityEnforcement, ...] = get_args(QualityEnforcement)
+SQLITE_SYNCHRONOUS: tuple[SqliteSynchronous, ...] = get_args(SqliteSynchronous)
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -80,12 +85,12 @@ class Source:
     id: str
     name: str
     workspace_id: str
-    invalid_messages: str = "reject"
+    invalid_messages: InvalidMessages = "reject"
     allowed_origins: tuple[str, ...] = ("*",)
     rate_limit: tuple[float, float] | None = None  # (tokens per second, bucket size); None = unlimited
     tracking_plan: str | None = None  # name of a plan in the plans directory (collector/plans.py)
-    plan_enforcement: str = "allow"  # allow | omit | quarantine | reject
-    quality_enforcement: str = "allow"  # allow | quarantine | reject: for messages with quality violations
+    plan_enforcement: PlanEnforcement = "allow"
+    quality_enforcement: QualityEnforcement = "allow"  # for messages with quality violations
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,9 @@ class Settings:
     max_event_bytes: int = _DEFAULTS["max_event_bytes"]
     max_request_bytes: int = _DEFAULTS["max_request_bytes"]
     max_batch_events: int = _DEFAULTS["max_batch_events"]
-    invalid_messages: str = _DEFAULTS["invalid_messages"]
+    invalid_messages: InvalidMessages = _DEFAULTS["invalid_messages"]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    sqlite_synchronous: str = _DEFAULTS["sqlite_synchronous"]
+    sqlite_synchronous: SqliteSynchronous = _DEFAULTS["sqlite_synchronous"]
     retry_after_seconds: int = _DEFAULTS["retry_after_seconds"]
     sqlite_busy_timeout_ms: int = _DEFAULTS["sqlite_busy_timeout_ms"]
     plans_dir: str = _DEFAULTS["plans_dir"]
@@ -174,42 +179,74 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
     """Settings from the YAML file (if any), then COLLECTOR_* environment variables on top."""
     environ = os.environ if environ is None else environ
     config_path = config_path or environ.get("COLLECTOR_CONFIG") or None
-    doc: dict[str, Any] = {}
-    if config_path:
-        try:
-            loaded = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_path}: the config file must be a mapping")
+    doc = _read_file(config_path) if config_path else {}
+    scalars = _scalars(doc, environ)
+    workspaces, write_keys, tokens = _workspaces(doc, scalars["invalid_messages"], scalars["rate_limit"])
+    admin = _as_list(scalars.pop("admin_tokens"))  # the env, when set, replaces the file's list
+    return Settings(
+        **scalars,
+        workspaces=workspaces,
+        write_keys=write_keys,
+        token_digests=tokens,
+        admin_token_digests=frozenset(digest(t) for t in admin),
+        config_path=str(config_path) if config_path else None,
+    )
 
-        found = problems(loaded)
-        if found:
-            raise ConfigError(f"{config_path}:" + ("\n  ".join(["", *found]) if len(found) > 1 else " " + found[0]))
-        doc = loaded
 
-    scalars: dict[str, Any] = {}
+def _read_file(config_path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{config_path}: the config file must be a mapping")
+    found = problems(loaded)
+    if found:
+        raise ConfigError(f"{config_path}:" + ("\n  ".join(["", *found]) if len(found) > 1 else " " + found[0]))
+    return loaded
+
+
+def _scalars(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Every SETTINGS entry, from the env, else the file (top level or `limits:`), else its default;
+    then typed and checked."""
     file_limits = doc.get("limits") or {}
+    raw: dict[str, Any] = {}
     for setting in SETTINGS:
         camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), setting.name)
-        raw = environ.get(env_name(setting.name))
-        if raw is None:
-            raw = doc.get(camel, file_limits.get(camel, doc.get(setting.name)))
-        if raw is not None:
-            scalars[setting.name] = raw
-
-    invalid_default = _scalar("invalid_messages", scalars.get("invalid_messages", "reject"))
-    if invalid_default not in INVALID_MESSAGE_MODES:
-        raise ConfigError(f"invalid_messages must be one of {INVALID_MESSAGE_MODES}, got {invalid_default!r}")
-    synchronous = str(scalars.get("sqlite_synchronous", "FULL")).upper()
-    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-        raise ConfigError(f"sqlite_synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        value = environ.get(env_name(setting.name))
+        if value is None:
+            value = doc.get(camel, file_limits.get(camel, doc.get(setting.name)))
+        raw[setting.name] = setting.default if value is None else value
+    scalars = {name: _scalar(name, value) for name, value in raw.items()}
+    scalars["invalid_messages"] = _mode("invalid_messages", scalars["invalid_messages"], INVALID_MESSAGE_MODES)
+    scalars["sqlite_synchronous"] = _mode(
+        "sqlite_synchronous", scalars["sqlite_synchronous"].upper(), SQLITE_SYNCHRONOUS
+    )
     try:
-        proxies = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in _as_list(scalars.get("trusted_proxies")))
+        scalars["trusted_proxies"] = tuple(
+            ipaddress.ip_network(cidr, strict=False) for cidr in _as_list(raw["trusted_proxies"])
+        )
     except ValueError as exc:
         raise ConfigError(f"trusted_proxies: {exc}") from None
+    scalars["rate_limit"] = parse_rate_limit(raw["rate_limit"], "rate_limit")
+    scalars["public_url"] = scalars["public_url"].rstrip("/")
+    scalars["admin_tokens"] = raw["admin_tokens"]  # a list in the file, a comma-separated string in the env
+    return scalars
 
-    default_rate = parse_rate_limit(scalars.get("rate_limit"), "rate_limit")
+
+Mode = TypeVar("Mode", bound=str)
+
+
+def _mode(where: str, value: Any, allowed: tuple[Mode, ...]) -> Mode:
+    if value not in allowed:
+        raise ConfigError(f"{where} must be one of {', '.join(allowed)}, got {value!r}")
+    return cast(Mode, value)
+
+
+def _workspaces(
+    doc: dict[str, Any], invalid_default: InvalidMessages, default_rate: tuple[float, float] | None
+) -> tuple[dict[str, Workspace], dict[str, Source], dict[bytes, Workspace]]:
+    """(workspaces by id, sources by write key, workspaces by token digest) of the file."""
     workspaces: dict[str, Workspace] = {}
     write_keys: dict[str, Source] = {}
     tokens: dict[bytes, Workspace] = {}
@@ -229,28 +266,7 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
             tokens[digest(token)] = workspace
         for s_index, src_doc in enumerate(ws_doc.get("sources") or []):
             s_where = f"{where}.sources[{s_index}]"
-            mode = str(src_doc.get("invalidMessages", invalid_default))
-            if mode not in INVALID_MESSAGE_MODES:
-                raise ConfigError(f"{s_where}.invalidMessages must be one of {INVALID_MESSAGE_MODES}")
-            plan_enforcement = str(src_doc.get("planEnforcement", "allow"))
-            if plan_enforcement not in PLAN_ENFORCEMENTS:
-                raise ConfigError(f"{s_where}.planEnforcement must be one of {PLAN_ENFORCEMENTS}")
-            quality_enforcement = str(src_doc.get("qualityEnforcement", "allow"))
-            if quality_enforcement not in QUALITY_ENFORCEMENTS:
-                raise ConfigError(f"{s_where}.qualityEnforcement must be one of {QUALITY_ENFORCEMENTS}")
-            source = Source(
-                id=str(src_doc.get("id") or f"src_{index}_{s_index}"),
-                name=str(src_doc.get("name", src_doc.get("id", ""))),
-                workspace_id=ws_id,
-                invalid_messages=mode,
-                allowed_origins=tuple(_as_list(src_doc.get("allowedOrigins")) or ["*"]),
-                rate_limit=parse_rate_limit(src_doc["rateLimit"], f"{s_where}.rateLimit")
-                if "rateLimit" in src_doc
-                else default_rate,
-                tracking_plan=str(src_doc["trackingPlan"]) if src_doc.get("trackingPlan") else None,
-                plan_enforcement=plan_enforcement,
-                quality_enforcement=quality_enforcement,
-            )
+            source = _source(src_doc, s_where, ws_id, f"src_{index}_{s_index}", invalid_default, default_rate)
             if source.id in source_ids:
                 raise ConfigError(f"{s_where}.id {source.id!r} is used by another source (ids are global)")
             source_ids.add(source.id)
@@ -261,28 +277,35 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
                 if key in write_keys:
                     raise ConfigError(f"{s_where}: write key is already used by source {write_keys[key].id}")
                 write_keys[key] = source
+    return workspaces, write_keys, tokens
 
-    admin = _as_list(scalars.get("admin_tokens"))  # the env, when set, replaces the file's list
-    return Settings(
-        storage=_scalar("storage", scalars.get("storage", _DEFAULTS["storage"])),
-        profiles=_scalar("profiles", scalars.get("profiles", "")),
-        max_event_bytes=_scalar("max_event_bytes", scalars.get("max_event_bytes", 32768)),
-        max_request_bytes=_scalar("max_request_bytes", scalars.get("max_request_bytes", 512000)),
-        max_batch_events=_scalar("max_batch_events", scalars.get("max_batch_events", 2500)),
-        invalid_messages=invalid_default,
-        trusted_proxies=proxies,
-        sqlite_synchronous=synchronous,
-        retry_after_seconds=_scalar("retry_after_seconds", scalars.get("retry_after_seconds", 5)),
-        sqlite_busy_timeout_ms=_scalar("sqlite_busy_timeout_ms", scalars.get("sqlite_busy_timeout_ms", 5000)),
-        plans_dir=_scalar("plans_dir", scalars.get("plans_dir", "")),
-        rate_limit=default_rate,
-        public_url=str(scalars.get("public_url", "")).rstrip("/"),
-        workers_dir=_scalar("workers_dir", scalars.get("workers_dir", "")),
-        workspaces=workspaces,
-        write_keys=write_keys,
-        token_digests=tokens,
-        admin_token_digests=frozenset(digest(t) for t in admin),
-        config_path=str(config_path) if config_path else None,
+
+def _source(
+    src_doc: dict[str, Any],
+    where: str,
+    workspace_id: str,
+    fallback_id: str,
+    invalid_default: InvalidMessages,
+    default_rate: tuple[float, float] | None,
+) -> Source:
+    return Source(
+        id=str(src_doc.get("id") or fallback_id),
+        name=str(src_doc.get("name", src_doc.get("id", ""))),
+        workspace_id=workspace_id,
+        invalid_messages=_mode(
+            f"{where}.invalidMessages", str(src_doc.get("invalidMessages", invalid_default)), INVALID_MESSAGE_MODES
+        ),
+        allowed_origins=tuple(_as_list(src_doc.get("allowedOrigins")) or ["*"]),
+        rate_limit=parse_rate_limit(src_doc["rateLimit"], f"{where}.rateLimit")
+        if "rateLimit" in src_doc
+        else default_rate,
+        tracking_plan=str(src_doc["trackingPlan"]) if src_doc.get("trackingPlan") else None,
+        plan_enforcement=_mode(
+            f"{where}.planEnforcement", str(src_doc.get("planEnforcement", "allow")), PLAN_ENFORCEMENTS
+        ),
+        quality_enforcement=_mode(
+            f"{where}.qualityEnforcement", str(src_doc.get("qualityEnforcement", "allow")), QUALITY_ENFORCEMENTS
+        ),
     )
 
 

@@ -67,7 +67,8 @@ def _resolve(spec: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     if "use" not in spec:
         return spec
     rest = {k: v for k, v in spec.items() if k != "use"}
-    return definitions[spec["use"]] | rest
+    used: dict[str, Any] = definitions[spec["use"]]
+    return used | rest
 
 
 def _levels(spec: dict[str, Any], definitions: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -78,7 +78,7 @@ def area_of(case: dict[str, Any]) -> str:
     for area, suites in AREAS.items():
         if case["suite"] in suites:
             return area
-    return case["suite"]
+    return str(case["suite"])
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def junit(results: dict[str, Any]) -> bytes:
                 ET.SubElement(element, "skipped", message=f"{verdict}: {reason}"[:1000])
             elif verdict == "NON_STRICT":
                 ET.SubElement(element, "system-out").text = f"NON_STRICT (a SHOULD failed): {reason}"
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def _e(value: Any) -> str:

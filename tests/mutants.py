@@ -29,13 +29,14 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.app import create_app
+from collector.paths import BATCH_PATHS as SPEC_BATCH_PATHS
+from collector.paths import CALL_PATHS
 from collector.pipeline.runtime import Runtime
 from collector.settings import load
 from collector.storage.base import EventPage, EventQuery, StoredEvent, WriteResult
 
-SINGLE_PATHS = {f"/v1/{name}" for name in ("track", "identify", "page", "screen", "group", "alias", "t", "i", "p", "s")}
-SINGLE_PATHS |= {"/v1/g", "/v1/a"}
-BATCH_PATHS = {"/v1/batch", "/v1/import", "/v1/b"}
+SINGLE_PATHS = {path for paths in CALL_PATHS.values() for path in paths}
+BATCH_PATHS = set(SPEC_BATCH_PATHS)
 READ_BACK = ("/v1/events", "/v1/quarantine")
 SUCCESS = b'{"success":true}'
 # Top-level fields a naive server might hard-code (common fields plus each call's own).

@@ -25,8 +25,7 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
-
-from conftest import free_port
+from helpers import free_port
 
 START_TIMEOUT = 30.0
 _template_lock = threading.Lock()

@@ -149,3 +149,12 @@ def test_the_kit_and_the_load_tests_never_import_the_collector(tree: str) -> Non
         if target == "collector" or target.startswith("collector.")
     ]
     assert not found, "\n".join(found)
+
+
+def test_the_kit_knows_the_same_event_paths_as_the_spec() -> None:
+    """The kit cannot import collector.paths (it ships alone), so its copy is checked here."""
+    from collector import paths
+    from conformance import lint
+
+    assert lint.CALL_PATHS == paths.CALL_PATHS
+    assert tuple(lint.BATCH_PATHS) == paths.BATCH_PATHS

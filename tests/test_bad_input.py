@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import STRICT_KEY, WRITE_KEY, basic, make_client, stored
 from starlette.testclient import TestClient
 
 from collector.errors import PayloadTooLarge
 from collector.pipeline.intake import Caller, ClientDisconnected, read_body
-from conftest import STRICT_KEY, WRITE_KEY, basic, make_client, stored
 
 OK = {"event": "A", "userId": "u"}
 BIG = "x" * 40_000
@@ -320,7 +320,7 @@ QUALITY = {
 
 @pytest.fixture(scope="module")
 def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from conftest import write_config
+    from helpers import write_config
 
     tmp: Path = tmp_path_factory.mktemp("bad")
     with make_client(write_config(tmp / "c.yaml"), f"sqlite:///{tmp / 'e.db'}") as client:

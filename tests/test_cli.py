@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-
-from conftest import free_port
+from helpers import free_port
 
 
 def test_serve_without_config_creates_a_dev_workspace_and_prints_its_keys(tmp_path: Path) -> None:

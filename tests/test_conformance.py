@@ -16,13 +16,7 @@ from xml.etree import ElementTree as ET
 import httpx
 import jsonschema
 import pytest
-
-from conformance import cli
-from conformance.casefile import load_cases
-from conformance.lint import find_spec_dir, lint
-from conformance.reports import validate_results
-from conformance.template import Renderer
-from conftest import (
+from helpers import (
     ADMIN,
     OTHER_TOKEN,
     QUARANTINE_KEY,
@@ -35,6 +29,12 @@ from conftest import (
     start_server,
     write_config,
 )
+
+from conformance import cli
+from conformance.casefile import load_cases
+from conformance.lint import find_spec_dir, lint
+from conformance.reports import validate_results
+from conformance.template import Renderer
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ADMIN, OTHER_TOKEN, QUARANTINE_KEY, STRICT_KEY, TOKEN, WRITE_KEY, write_config
 from mutants import MUTANTS, Mutant, MutantFarm, Secrets
 
 from conformance.casefile import Case, load_cases, select
 from conformance.engine import RunOptions, run
 from conformance.verdicts import verdict_without_collector
-from conftest import ADMIN, OTHER_TOKEN, QUARANTINE_KEY, STRICT_KEY, TOKEN, WRITE_KEY, write_config
 
 CAUGHT = ("FAIL", "NON_STRICT")
 CAUGHT_BY_SEGMENT_CHECKS: dict[str, list[str]] = {}  # segment case id → mutants its Segment checks catch

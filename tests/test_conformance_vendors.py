@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import WRITE_KEY
 from segment_minimal_server import BlackHoleHandler, serve
 
 from conformance.casefile import Case, load_cases, select
 from conformance.engine import RunOptions, run
 from conformance.reports import summarize, write_all
 from conformance.verdicts import OK
-from conftest import WRITE_KEY
 
 
 class NothingStored:

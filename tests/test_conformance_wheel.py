@@ -12,10 +12,10 @@ import venv
 import zipfile
 from pathlib import Path
 
+from helpers import ROOT, WRITE_KEY
 from segment_minimal_server import serve
 
 from conformance import KIT_VERSION
-from conftest import ROOT, WRITE_KEY
 
 KIT = ROOT / "conformance"
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from helpers import ADMIN, QUARANTINE_KEY, TOKEN, WRITE_KEY, basic, bearer, config_doc, make_client, stored
 from starlette.testclient import TestClient
 
 from collector.app import create_app
@@ -22,7 +23,6 @@ from collector.errors import ConfigError, StorageUnavailable
 from collector.settings import load
 from collector.storage.base import StoredEvent
 from collector.storage.sqlite import SQLiteStorage
-from conftest import ADMIN, QUARANTINE_KEY, TOKEN, WRITE_KEY, basic, bearer, config_doc, make_client, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 

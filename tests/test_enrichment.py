@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import WRITE_KEY, basic, make_client, stored
 
 from collector.pipeline.enrichment import Arrival, enrich, format_time, micros
-from conftest import WRITE_KEY, basic, make_client, stored
 
 RECEIVED = datetime(2026, 11, 23, 12, 0, 0, 500_000, tzinfo=UTC)
 

@@ -14,10 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from starlette.testclient import TestClient
-
-from collector.pipeline.enrichment import parse_time
-from conftest import (
+from helpers import (
     ADMIN,
     OTHER_KEY,
     QUARANTINE_KEY,
@@ -31,6 +28,9 @@ from conftest import (
     stored,
     value,
 )
+from starlette.testclient import TestClient
+
+from collector.pipeline.enrichment import parse_time
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORT = {"track": "t", "identify": "i", "page": "p", "screen": "s", "group": "g", "alias": "a"}

@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from conftest import ADMIN, ROOT, TOKEN, WRITE_KEY, bearer, start_server
+from helpers import ADMIN, ROOT, TOKEN, WRITE_KEY, bearer, start_server
 
 LOADTESTS = ROOT / "loadtests"
 SERVER_ENV = {"PYTHONPATH": str(ROOT)}  # the collector runs from this checkout, installed or not

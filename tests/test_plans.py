@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from helpers import ADMIN, basic, bearer, config_doc, make_client, stored
 from starlette.testclient import TestClient
 
 from collector import plan_tools
 from collector.pipeline.plans import check
 from collector.schema.dsl import SpecError
 from collector.schema.plans import load_plans
-from conftest import ADMIN, basic, bearer, config_doc, make_client, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "spec" / "plans" / "shop.yaml"

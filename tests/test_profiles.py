@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from helpers import OTHER_TOKEN, TOKEN, WRITE_KEY, Server, basic, bearer
 from starlette.testclient import TestClient
-
-from conftest import OTHER_TOKEN, TOKEN, WRITE_KEY, Server, basic, bearer
 
 USER = re.compile(r"^usr_[A-Za-z0-9]{16}$")
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

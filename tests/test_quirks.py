@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
-from conftest import ADMIN, WRITE_KEY, Server, basic, bearer, start_server, write_config
+from helpers import ADMIN, WRITE_KEY, Server, basic, bearer, start_server, write_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CORPUS: list[dict[str, Any]] = yaml.safe_load((FIXTURES / "quirks.yaml").read_text(encoding="utf-8"))["cases"]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from helpers import ADMIN, QUARANTINE_KEY, TOKEN, WRITE_KEY, basic, bearer, make_client
 from starlette.testclient import TestClient
-
-from conftest import ADMIN, QUARANTINE_KEY, TOKEN, WRITE_KEY, basic, bearer, make_client
 
 ADMIN_AUTH = bearer(ADMIN)
 

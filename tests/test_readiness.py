@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import WRITE_KEY, basic, make_client, start_server
 from servers import Postgres, start_postgres
-
-from conftest import WRITE_KEY, basic, make_client, start_server
 
 
 @pytest.fixture
@@ -156,3 +155,26 @@ def test_a_hung_probe_makes_the_store_unready_without_piling_probes_up() -> None
         assert not readiness.storage
 
     asyncio.run(scenario())
+
+
+def test_every_503_says_the_configured_retry_after(config_path: Path, db_url: str) -> None:
+    """/ready (a Starlette route) renders errors as the event fast path does (errors.render);
+    it used to say a hard-coded 5."""
+    test_client = make_client(config_path, db_url, COLLECTOR_RETRY_AFTER_SECONDS="9")  # not entered: unready
+    answer = test_client.get("/ready")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "9"
+    assert answer.json()["code"] == "storage_unavailable"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+
+
+def test_a_nats_profile_store_is_refused_at_start_up(config_path: Path, db_url: str) -> None:
+    """NATS keeps no profiles: starting with it as the profile store would answer every profile
+    call with a 500, so start-up refuses it with a sentence."""
+    from collector.app import create_app
+    from collector.errors import ConfigError
+    from collector.settings import load
+
+    environ = {"COLLECTOR_STORAGE": db_url, "COLLECTOR_PROFILES": "nats://127.0.0.1:4222"}
+    with pytest.raises(ConfigError, match="NATS stores events only"):
+        create_app(load(config_path, environ=environ))

@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import ADMIN, STRICT_KEY, WRITE_KEY, Server, basic, bearer, start_server
 from segment.analytics.client import Client
-
-from conftest import ADMIN, STRICT_KEY, WRITE_KEY, Server, basic, bearer, start_server
 
 
 def read_all(server: Server, **params: str) -> list[dict[str, Any]]:

@@ -22,9 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import ADMIN, TOKEN, WRITE_KEY, Server, basic, bearer, start_server, write_config
 from servers import Nats, NatsNode, Postgres, start_nats, start_postgres
-
-from conftest import ADMIN, TOKEN, WRITE_KEY, Server, basic, bearer, start_server, write_config
 
 RETRY_PAUSE = 0.05
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TOKEN, WRITE_KEY, config_doc
 
 from collector.errors import ConfigError
 from collector.settings import SETTINGS, env_name, load
-from conftest import TOKEN, WRITE_KEY, config_doc
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

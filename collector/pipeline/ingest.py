@@ -24,6 +24,7 @@ from collector.pipeline.intake import Caller
 from collector.pipeline.records import Flags, Indexed, IntakeReport, Problem, Rejected
 from collector.pipeline.runtime import Runtime
 from collector.pipeline.validation import Validators
+from collector.schema.plans import VIOLATION_TYPES
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
 
@@ -118,7 +119,7 @@ def record_violations(message: dict[str, Any], problems: list[Problem]) -> None:
 def quality_violation(problem: Problem) -> dict[str, Any]:
     keyword = problem["keyword"]
     field = problem["pointer"].lstrip("/").replace("/", ".")
-    kind = "Repaired" if keyword in REPAIR_KEYWORDS else plans.VIOLATION_TYPES.get(keyword, "Invalid Value")
+    kind = "Repaired" if keyword in REPAIR_KEYWORDS else VIOLATION_TYPES.get(keyword, "Invalid Value")
     return {"type": kind, "field": field, "description": problem["message"], "rule": rule_name(problem)}
 
 

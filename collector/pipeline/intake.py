@@ -88,7 +88,7 @@ async def read_body(receive: Receive, caller: Caller, max_bytes: int) -> bytes:
     message = await receive()
     if message["type"] != "http.request":
         raise ClientDisconnected()
-    raw = message.get("body", b"")
+    raw: bytes = message.get("body", b"")
     if len(raw) > max_bytes:
         raise too_large("maxRequestBytes", max_bytes, "The request body")
     if message.get("more_body", False):  # several chunks: count as they come, stop at the cap

@@ -35,11 +35,12 @@ import orjson
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from collector.paths import CALL_TYPES
 from collector.pipeline.records import IntakeReport
 
+go_float: Callable[[float], str] = _untyped_go_float  # Prometheus' float text (+Inf, 0.005)
 EVENT_TYPES = frozenset(CALL_TYPES)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 
@@ -94,7 +95,7 @@ class LabelledHistogram:
     def family(self, series: dict[tuple[str, ...], tuple[list[int], float]]) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, (counts, total) in sorted(series.items()):
-            buckets = [(floatToGoString(b), c) for b, c in zip(self.bounds, accumulate(counts), strict=True)]
+            buckets = [(go_float(b), c) for b, c in zip(self.bounds, accumulate(counts), strict=True)]
             family.add_metric(list(key), buckets, total)
         return family
 

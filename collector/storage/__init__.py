@@ -9,7 +9,7 @@ closes it on shutdown (events and profiles may share one SQLite or PostgreSQL in
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from collector.errors import ConfigError
@@ -57,7 +57,7 @@ def open_profile_store(url: str, **options: Any) -> ProfileStore:
     store = _backend(url, **options)
     if not isinstance(store, ProfileStore):
         raise ConfigError(f"{scheme} cannot store profiles")
-    return cast(ProfileStore, store)
+    return store
 
 
 def open_shared_store(url: str, **options: Any) -> Storage:

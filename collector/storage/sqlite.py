@@ -354,7 +354,8 @@ class SQLiteStorage:
 
     async def write(self, events: list[StoredEvent], quarantined: list[QuarantinedEvent] | None = None) -> WriteResult:
         # StoredEvent and QuarantinedEvent are tuples in column order: they are the rows.
-        return await self._submit(EventWrite(events, list(quarantined or ())))
+        result: WriteResult = await self._submit(EventWrite(events, list(quarantined or ())))
+        return result
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:
@@ -449,14 +450,16 @@ class SQLiteStorage:
             )
             return user_object(user_id, workspace_id, new_identifiers, new_traits, row[2], now)
 
-        return await self._submit(merge)
+        result: dict[str, Any] | None = await self._submit(merge)
+        return result
 
     async def delete_user(self, workspace_id: str, user_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute("DELETE FROM profiles WHERE workspace_id=? AND id=?", (workspace_id, user_id))
             return cursor.rowcount > 0
 
-        return await self._submit(delete)
+        result: bool = await self._submit(delete)
+        return result
 
     async def search_users(
         self,
@@ -508,7 +511,8 @@ class SQLiteStorage:
                 positions=[r[0] for r in rows],
             )
 
-        return await self._read(run)
+        result: UserPage = await self._read(run)
+        return result
 
 
 def _exists(conn: sqlite3.Connection, filters_sql: str, params: list[Any], bound: str, position: int) -> bool:
