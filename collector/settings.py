@@ -88,7 +88,7 @@ class Source:
     invalid_messages: InvalidMessages = "reject"
     allowed_origins: tuple[str, ...] = ("*",)
     rate_limit: tuple[float, float] | None = None  # (tokens per second, bucket size); None = unlimited
-    tracking_plan: str | None = None  # name of a plan in the plans directory (collector/plans.py)
+    tracking_plan: str | None = None  # name of a plan in the plans directory (schema/plans.py)
     plan_enforcement: PlanEnforcement = "allow"
     quality_enforcement: QualityEnforcement = "allow"  # for messages with quality violations
 

@@ -15,7 +15,7 @@ from collector.schema.spec import Spec
 
 BEGIN, END = "<!-- levels-table -->", "<!-- /levels-table -->"
 
-# Rejected before any schema is consulted (intake.py, endpoints.split).
+# Rejected before any schema is consulted (pipeline/intake.py, pipeline/ingest.split).
 _INTAKE_RULES = [
     ("the body", "one JSON object (else `400 invalid_json`), at most `maxRequestBytes` after decompression (`413`)"),
     ("a single event", "at most `maxEventBytes` (`413`; a batch item over it is one invalid item)"),

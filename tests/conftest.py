@@ -3,12 +3,22 @@ real collector processes (uvicorn) on free loopback ports."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Server, make_client, start_server, write_config
+from helpers import ROOT, Server, make_client, start_server, write_config
 from starlette.testclient import TestClient
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The README's test command sets up what the tests use, on a fresh machine too: Debian's
+    Chromium and wrk (as root), and the npm packages of tests/browser. Quick when all is there;
+    COLLECTOR_TEST_SETUP=0 skips it."""
+    if os.environ.get("COLLECTOR_TEST_SETUP") != "0":
+        subprocess.run(["bash", str(ROOT / ".ci" / "system-packages")], check=True, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def report(collector: Server, page_origin: str) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None or not CHROMIUM.exists() or not (BROWSER_DIR / "node_modules" / "playwright-core").exists():
         pytest.fail(
-            "browser tests need Debian chromium, node and `npm ci` in tests/browser: run `bash .ci/system-packages`"
+            "browser tests need Debian chromium, node and `npm ci` in tests/browser: the test session runs `bash .ci/system-packages`, as root it installs them"
         )
     ARTIFACTS.mkdir(exist_ok=True)
     config = {
