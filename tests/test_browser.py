@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import ADMIN, ROOT, WRITE_KEY, Server, bearer, start_server, write_config
 
 from collector.http.browser import settings_document
-from tests.conftest import ADMIN, ROOT, WRITE_KEY, Server, bearer, start_server, write_config
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 UMD_DIR = BROWSER_DIR / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
@@ -70,7 +70,8 @@ def report(collector: Server, page_origin: str) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None or not CHROMIUM.exists() or not (BROWSER_DIR / "node_modules" / "playwright-core").exists():
         pytest.fail(
-            "browser tests need Debian chromium, node and `npm ci` in tests/browser: the test session runs `bash .ci/system-packages`, as root it installs them"
+            "browser tests need Debian chromium, node and `npm ci` in tests/browser: "
+            "the test session runs .ci/system-packages, which installs them when run as root"
         )
     ARTIFACTS.mkdir(exist_ok=True)
     config = {

@@ -8,9 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from helpers import ADMIN, OTHER_KEY, WRITE_KEY, basic, bearer, config_doc, make_client, stored
 from starlette.testclient import TestClient
-
-from tests.conftest import ADMIN, OTHER_KEY, WRITE_KEY, basic, bearer, config_doc, make_client, stored
 
 PAGE = "http://127.0.0.1:45639"
 SHOP = "https://shop.example.com"

@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from helpers import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer, start_server
 from starlette.testclient import TestClient
 
-from collector.pipeline import debug_hub as debugger
+from collector.http import debugger
+from collector.pipeline import debug_hub
 from collector.pipeline.metrics import Pool
-from tests.conftest import ADMIN, OTHER_KEY, QUARANTINE_KEY, TOKEN, WRITE_KEY, Server, basic, bearer, start_server
 
 
 def arrivals(body: str) -> list[tuple[int, dict[str, Any]]]:
@@ -100,8 +101,8 @@ def test_an_invalid_message_with_a_big_integer_is_shown_exactly(client: TestClie
 def test_hub_drops_entries_for_a_stalled_subscriber_instead_of_blocking() -> None:
     import asyncio
 
-    hub = debugger.DebugHub()
-    stalled: asyncio.Queue[debugger.Entry] = asyncio.Queue(2)
+    hub = debug_hub.DebugHub()
+    stalled: asyncio.Queue[debug_hub.Entry] = asyncio.Queue(2)
     hub.subscribers.add(stalled)
     for n in range(5):
         hub.publish("src", b'{"n":%d}' % n)
@@ -193,19 +194,19 @@ def test_a_stream_reaching_further_back_than_the_followed_one_gets_the_peers_old
     import asyncio
 
     async def scenario() -> tuple[list[bytes], list[bytes]]:
-        hub_a, hub_b = debugger.DebugHub(), debugger.DebugHub()
-        peers_a = debugger.DebugPeers(hub_a, tmp_path, name="a")
-        peers_b = debugger.DebugPeers(hub_b, tmp_path, name="b")
+        hub_a, hub_b = debug_hub.DebugHub(), debug_hub.DebugHub()
+        peers_a = debug_hub.DebugPeers(hub_a, tmp_path, name="a")
+        peers_b = debug_hub.DebugPeers(hub_b, tmp_path, name="b")
         await peers_a.start()
         await peers_b.start()
         try:
             for n in range(3):  # no stream open anywhere: B keeps these to itself
                 hub_b.publish("src", b'{"n":%d}' % n)
             await asyncio.sleep(0.01)
-            fresh: asyncio.Queue[debugger.Entry] = asyncio.Queue()
+            fresh: asyncio.Queue[debug_hub.Entry] = asyncio.Queue()
             hub_a.subscribers.add(fresh)
             peers_a.watch(hub_a.now_id())  # the first stream: from now on
-            older: asyncio.Queue[debugger.Entry] = asyncio.Queue()
+            older: asyncio.Queue[debug_hub.Entry] = asyncio.Queue()
             hub_a.subscribers.add(older)
             peers_a.watch(0)  # the second stream: everything
             hub_b.publish("src", b'{"n":"live"}')

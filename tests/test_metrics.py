@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import orjson
+from helpers import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, start_server, value
 from starlette.testclient import TestClient
 
 from collector.pipeline.metrics import Pool
-from tests.conftest import ADMIN, QUARANTINE_KEY, WRITE_KEY, basic, bearer, scrape, start_server, value
 
 
 def test_metrics_need_the_admin_token(client: TestClient) -> None:
@@ -76,7 +76,7 @@ def test_request_latency_uses_route_templates(client: TestClient) -> None:
 
 
 def test_rate_limited_requests_are_counted(tmp_path: Any, config_path: Any, db_url: str) -> None:
-    from tests.conftest import make_client
+    from helpers import make_client
 
     with make_client(config_path, db_url, COLLECTOR_RATE_LIMIT="0.01:1") as limited:
         codes = [limited.post("/v1/t", json={"event": "E", "userId": "u"}, headers=basic(WRITE_KEY)).status_code]
@@ -90,8 +90,7 @@ def test_access_and_error_logs_are_json_lines_with_request_ids(tmp_path: Any, co
     import time
 
     import httpx
-
-    from tests.conftest import start_server
+    from helpers import start_server
 
     server = start_server(tmp_path, config_path, db_url, "--access-log")
     try:

@@ -6,9 +6,8 @@ import base64
 from typing import Any
 
 import orjson
+from helpers import QUARANTINE_KEY, WRITE_KEY, stored
 from starlette.testclient import TestClient
-
-from tests.conftest import QUARANTINE_KEY, WRITE_KEY, stored
 
 GIF_HEADER = b"GIF89a\x01\x00\x01\x00"  # signature, then width 1 and height 1 (little-endian)
 

@@ -9,11 +9,11 @@ import httpx
 import orjson
 import pytest
 import yaml
+from helpers import OTHER_KEY, WRITE_KEY, basic, config_doc, make_client, start_server, stored
 
 from collector.errors import ConfigError
 from collector.pipeline.ratelimit import RateLimiter, SharedBuckets
 from collector.settings import load, parse_rate_limit
-from tests.conftest import OTHER_KEY, WRITE_KEY, basic, config_doc, make_client, start_server, stored
 
 
 class FakeClock:

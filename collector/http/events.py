@@ -25,7 +25,7 @@ def success() -> Response:
 
 
 async def collect(runtime: Runtime, caller: Caller, receive: Receive, kind: str) -> None:
-    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = "batch").
+    """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = paths.BATCH).
     Returns when every event is durably stored (the answer is then 200 {"success": true});
     raises CollectorError for every other answer."""
     body = await intake.read_body(receive, caller, runtime.settings.max_request_bytes)  # 413 / 415 / 400

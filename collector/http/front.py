@@ -45,7 +45,7 @@ class FrontDoor:
         self.state = routed.state  # app.state.runtime, as for a Starlette app
         self.runtime = runtime
         self.metrics = runtime.metrics
-        self.event_paths = event_paths  # path → call type, or "batch"
+        self.event_paths = event_paths  # path → call type, or paths.BATCH
         self.cors = CorsPolicy(runtime.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

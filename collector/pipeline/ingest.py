@@ -18,6 +18,7 @@ import orjson
 
 from collector import jsonio
 from collector.errors import InvalidMessage
+from collector.paths import BATCH
 from collector.pipeline import auth, intake, plans, ratelimit, repair
 from collector.pipeline.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
 from collector.pipeline.intake import Caller
@@ -194,7 +195,7 @@ def split(
     ip = client_ip(caller, settings.trusted_proxies)
     user_agent = caller.user_agent
     now = now_micros()
-    if kind != "batch":
+    if kind != BATCH:
         if body_size > settings.max_event_bytes:
             raise intake.too_large("maxEventBytes", settings.max_event_bytes, "The event")
         sent_type = payload.get("type")
