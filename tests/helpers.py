@@ -171,13 +171,10 @@ def start_server(
         storage,
         *extra,
     ]
-    process = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            args, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path, args)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

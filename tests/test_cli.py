@@ -17,12 +17,13 @@ from helpers import free_port
 def test_serve_without_config_creates_a_dev_workspace_and_prints_its_keys(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
