@@ -135,5 +135,6 @@ def create_app(settings: Settings) -> FrontDoor:
             Exception: front.on_unhandled,
         },
     )
+    routed.router.redirect_slashes = False  # its Location would echo the Host header
     routed.state.runtime = runtime
     return FrontDoor(routed, runtime, EVENT_PATHS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from collector.settings import INVALID_MESSAGE_MODES, PLAN_ENFORCEMENTS, QUALITY_ENFORCEMENTS, SETTINGS
+from collector.settings import INVALID_MESSAGE_MODES, KEY_KINDS, PLAN_ENFORCEMENTS, QUALITY_ENFORCEMENTS, SETTINGS
 
 # YAML reads unquoted digits as integers; settings.load() turns ids, names and keys into text.
 _TEXT = {"type": ["string", "integer"]}
@@ -20,6 +20,7 @@ _LIST = {"type": ["array", "string", "null"], "items": _TEXT, "description": "A 
 _SPECIAL: dict[str, dict[str, Any]] = {
     "admin_tokens": _LIST,
     "trusted_proxies": _LIST,
+    "allowed_hosts": _LIST,
     "rate_limit": {"type": ["string", "number", "null"]},
     "invalid_messages": {"enum": [*INVALID_MESSAGE_MODES, None]},
 }
@@ -57,7 +58,22 @@ def build() -> dict[str, Any]:
         "properties": {
             "id": _TEXT | {"description": "Unique across all workspaces (default src_<workspace>_<source>)."},
             "name": _TEXT,
-            "writeKeys": _LIST | {"description": "Public keys that send to this source (at least one)."},
+            "writeKeys": {
+                "type": ["array", "string"],
+                "items": {
+                    "anyOf": [
+                        _TEXT,
+                        {
+                            "type": "object",
+                            "properties": {"key": _TEXT, "kind": {"enum": list(KEY_KINDS)}},
+                            "required": ["key", "kind"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+                "description": "Keys that send to this source (at least one): each a key, or {key, kind} with "
+                "kind `browser` (accepted from allowedOrigins) or `server` (refused from web pages).",
+            },
             "invalidMessages": {"enum": list(INVALID_MESSAGE_MODES)},
             "allowedOrigins": _LIST | {"description": "Browser origins allowed by CORS (`*` by default)."},
             "rateLimit": {"type": ["string", "number", "null"], "description": "`RATE`, `RATE:BURST` or `off`."},

@@ -148,10 +148,27 @@ class RenderSettings(Protocol):
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
+ECHO_LIMIT = 200  # characters of any one text an error body repeats (a value, a path, a sentence)
+
+
+def capped(value: Any) -> Any:
+    """The error body with every text longer than ECHO_LIMIT cut and marked: an error names the
+    offending value, but a 10 KB id must not come back as a 30 KB answer."""
+    if isinstance(value, str):
+        if len(value) <= ECHO_LIMIT:
+            return value
+        return f"{value[:ECHO_LIMIT]}…[cut: {len(value) - ECHO_LIMIT} more characters]"
+    if isinstance(value, dict):
+        return {key: capped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [capped(item) for item in value]
+    return value
+
+
 def render(error: CollectorError, settings: RenderSettings) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """(status, headers, JSON body) of an error answer: the one renderer, on every path (the event
     fast path in http/front.py and the Starlette routes). A 503 says when to retry."""
-    body = orjson.dumps(error.body())
+    body = orjson.dumps(capped(error.body()))
     headers = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
     own = error.headers
     if isinstance(error, StorageUnavailable) and "Retry-After" not in own:

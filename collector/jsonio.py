@@ -72,3 +72,16 @@ def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
         return orjson.dumps(_exact_integers(value), default=default)
     except RecursionError:
         raise orjson.JSONEncodeError("nested too deeply") from None
+
+
+def dumps_kept(value: Any) -> bytes:
+    """JSON for what is kept or shown as sent (quarantine, the debugger), whatever it holds: a value
+    nested deeper than orjson encodes is kept as one JSON string, and one deeper than even the
+    stdlib encoder reaches as a marker. Never raises."""
+    try:
+        return dumps(value, default=repr)
+    except orjson.JSONEncodeError:
+        try:
+            return orjson.dumps({"tooDeep": True, "json": json.dumps(value, default=repr)})
+        except (RecursionError, ValueError):
+            return orjson.dumps({"tooDeep": True})

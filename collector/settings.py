@@ -23,15 +23,17 @@ import yaml
 from collector.config_check import problems
 from collector.errors import ConfigError
 
-WORKSPACE_ID = re.compile(r"^ws_[A-Za-z0-9]{16}$")
+WORKSPACE_ID = re.compile(r"ws_[A-Za-z0-9]{16}")  # fullmatch
 InvalidMessages = Literal["reject", "quarantine"]
 PlanEnforcement = Literal["allow", "omit", "quarantine", "reject"]
 QualityEnforcement = Literal["allow", "quarantine", "reject"]  # allow: store and flag (the default)
 SqliteSynchronous = Literal["FULL", "NORMAL", "EXTRA"]
+KeyKind = Literal["browser", "server"]  # a write key without a kind behaves as a browser key
 INVALID_MESSAGE_MODES: tuple[InvalidMessages, ...] = get_args(InvalidMessages)
 PLAN_ENFORCEMENTS: tuple[PlanEnforcement, ...] = get_args(PlanEnforcement)
 QUALITY_ENFORCEMENTS: tuple[QualityEnforcement, ...] = get_args(QualityEnforcement)
 SQLITE_SYNCHRONOUS: tuple[SqliteSynchronous, ...] = get_args(SqliteSynchronous)
+KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -61,6 +63,12 @@ SETTINGS = (
         "A source's `rateLimit` overrides it (`off` disables).",
     ),
     Setting("public_url", "", "URL browsers reach this collector at (for /v1/projects/{key}/settings); empty = Host."),
+    Setting(
+        "allowed_hosts",
+        "",
+        "Comma-separated Host names (host or host:port) the settings endpoint answers for when publicUrl is "
+        "empty; another Host gets 400. Empty: any well-formed Host, answered with `Vary: Host`.",
+    ),
     Setting(
         "workers_dir",
         "",
@@ -108,10 +116,12 @@ class Settings:
     plans_dir: str = _DEFAULTS["plans_dir"]
     rate_limit: tuple[float, float] | None = None
     public_url: str = _DEFAULTS["public_url"]
+    allowed_hosts: frozenset[str] = frozenset()  # lower case
     workers_dir: str = _DEFAULTS["workers_dir"]
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
     # Write keys are public (they ship in browser JS), so a plain lookup is fine.
     write_keys: Mapping[str, Source] = field(default_factory=dict)
+    key_kinds: Mapping[str, KeyKind] = field(default_factory=dict)  # keys configured with a kind
     # Secrets are looked up by their SHA-256, so lookup time says nothing about the token.
     token_digests: Mapping[bytes, Workspace] = field(default_factory=dict)
     admin_token_digests: frozenset[bytes] = frozenset()
@@ -181,12 +191,13 @@ def load(config_path: str | Path | None = None, environ: Mapping[str, str] | Non
     config_path = config_path or environ.get("COLLECTOR_CONFIG") or None
     doc = _read_file(config_path) if config_path else {}
     scalars = _scalars(doc, environ)
-    workspaces, write_keys, tokens = _workspaces(doc, scalars["invalid_messages"], scalars["rate_limit"])
+    workspaces, write_keys, key_kinds, tokens = _workspaces(doc, scalars["invalid_messages"], scalars["rate_limit"])
     admin = _as_list(scalars.pop("admin_tokens"))  # the env, when set, replaces the file's list
     return Settings(
         **scalars,
         workspaces=workspaces,
         write_keys=write_keys,
+        key_kinds=key_kinds,
         token_digests=tokens,
         admin_token_digests=frozenset(digest(t) for t in admin),
         config_path=str(config_path) if config_path else None,
@@ -230,6 +241,7 @@ def _scalars(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"trusted_proxies: {exc}") from None
     scalars["rate_limit"] = parse_rate_limit(raw["rate_limit"], "rate_limit")
     scalars["public_url"] = scalars["public_url"].rstrip("/")
+    scalars["allowed_hosts"] = frozenset(host.lower() for host in _as_list(raw["allowed_hosts"]))
     scalars["admin_tokens"] = raw["admin_tokens"]  # a list in the file, a comma-separated string in the env
     return scalars
 
@@ -245,16 +257,18 @@ def _mode(where: str, value: Any, allowed: tuple[Mode, ...]) -> Mode:
 
 def _workspaces(
     doc: dict[str, Any], invalid_default: InvalidMessages, default_rate: tuple[float, float] | None
-) -> tuple[dict[str, Workspace], dict[str, Source], dict[bytes, Workspace]]:
-    """(workspaces by id, sources by write key, workspaces by token digest) of the file."""
+) -> tuple[dict[str, Workspace], dict[str, Source], dict[str, KeyKind], dict[bytes, Workspace]]:
+    """(workspaces by id, sources by write key, kinds of the keys that have one, workspaces by
+    token digest) of the file."""
     workspaces: dict[str, Workspace] = {}
     write_keys: dict[str, Source] = {}
+    key_kinds: dict[str, KeyKind] = {}
     tokens: dict[bytes, Workspace] = {}
     source_ids: set[str] = set()
     for index, ws_doc in enumerate(doc.get("workspaces") or []):
         where = f"workspaces[{index}]"
         ws_id = str(ws_doc.get("id", ""))
-        if not WORKSPACE_ID.match(ws_id):
+        if not WORKSPACE_ID.fullmatch(ws_id):
             raise ConfigError(f"{where}.id must match ws_ + 16 letters or digits, got {ws_id!r}")
         if ws_id in workspaces:
             raise ConfigError(f"{where}.id {ws_id} is used twice")
@@ -270,14 +284,30 @@ def _workspaces(
             if source.id in source_ids:
                 raise ConfigError(f"{s_where}.id {source.id!r} is used by another source (ids are global)")
             source_ids.add(source.id)
-            keys = _as_list(src_doc.get("writeKeys"))
+            keys = _write_keys(src_doc.get("writeKeys"), f"{s_where}.writeKeys")
             if not keys:
                 raise ConfigError(f"{s_where}.writeKeys must list at least one key")
-            for key in keys:
+            for key, kind in keys:
                 if key in write_keys:
                     raise ConfigError(f"{s_where}: write key is already used by source {write_keys[key].id}")
                 write_keys[key] = source
-    return workspaces, write_keys, tokens
+                if kind is not None:
+                    key_kinds[key] = kind
+    return workspaces, write_keys, key_kinds, tokens
+
+
+def _write_keys(raw: Any, where: str) -> list[tuple[str, KeyKind | None]]:
+    """A source's keys: each a string, or `{key: …, kind: browser | server}`."""
+    entries = raw if isinstance(raw, list) else _as_list(raw)
+    keys: list[tuple[str, KeyKind | None]] = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            if not entry.get("key"):
+                raise ConfigError(f"{where}[{index}].key is missing")
+            keys.append((str(entry["key"]), _mode(f"{where}[{index}].kind", entry.get("kind"), KEY_KINDS)))
+        else:
+            keys.append((str(entry), None))
+    return keys
 
 
 def _source(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from collector.errors import BadRequest, NotFound
 from collector.paths import PIXEL_PATHS
 from collector.pipeline import intake
+from collector.pipeline.auth import ServerKeyInBrowser
 from collector.pipeline.ingest import ingest
 from collector.pipeline.intake import Caller
 from collector.pipeline.runtime import Runtime
@@ -31,11 +33,28 @@ from collector.pipeline.runtime import Runtime
 PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
 
+HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?::[0-9]{1,5})?")
+HOST_IPV6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]{1,5})?")
+
+
 def collector_base_url(request: Request, runtime: Runtime) -> str:
-    """Where browsers reach us: `publicUrl` when set (behind a proxy), else the request's own Host."""
-    if runtime.settings.public_url:
-        return runtime.settings.public_url
-    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    """Where browsers reach us: `publicUrl` when set (behind a proxy); else the request's Host when
+    `allowedHosts` lists it, or, with no list, when it is a well-formed host[:port]. A Host is never
+    echoed as it came: it would poison a CDN's copy of the settings for everyone."""
+    settings = runtime.settings
+    if settings.public_url:
+        return settings.public_url
+    host = (request.headers.get("host") or "").lower()
+    if settings.allowed_hosts:
+        allowed = host in settings.allowed_hosts
+    else:
+        allowed = HOST.fullmatch(host) is not None or HOST_IPV6.fullmatch(host) is not None
+    if not allowed:
+        raise BadRequest(
+            "Host not allowed",
+            "This collector answers for the hosts in allowedHosts (or set publicUrl).",
+            code="host_not_allowed",
+        )
     return f"{request.url.scheme}://{host}"
 
 
@@ -77,11 +96,14 @@ async def project_settings(request: Request) -> Response:
     write_key = request.path_params["write_key"]
     if write_key not in runtime.settings.write_keys:
         raise NotFound("Unknown write key", "No source has this write key. Check the key in your SDK set-up.")
+    if runtime.settings.key_kinds.get(write_key) == "server":  # a server key pasted into a page
+        raise ServerKeyInBrowser(more_info="This is a server key: web pages must load a browser key's settings.")
     document = settings_document(write_key, collector_base_url(request, runtime))
     return Response(
         orjson.dumps(document),
         media_type="application/json",
-        headers={"Cache-Control": "public, max-age=60"},
+        # Without publicUrl the answer depends on the Host: a shared cache must key on it.
+        headers={"Cache-Control": "public, max-age=60"} | ({} if runtime.settings.public_url else {"Vary": "Host"}),
     )
 
 

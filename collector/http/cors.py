@@ -10,19 +10,18 @@ Policy:
 - A preflight carries no write key, so it is answered for any origin that some source allows.
 - An event request whose write key is visible in the headers (HTTP Basic or `?writeKey=`, which
   is how analytics.js sends it) from an origin its source does not allow is refused with 403
-  before anything is read or stored. The 403 itself is readable by the page, so the SDK sees a
-  final 4xx instead of a network error it would retry.
+  before anything is read or stored; a key in the body is checked by the pipeline's one key
+  resolver (pipeline/auth.py), which applies the same rule to the source it authenticates.
+  The 403 itself is readable by the page, so the SDK sees a final 4xx instead of a network
+  error it would retry.
 - `Retry-After` and `X-Request-Id` are exposed so the SDK can honour 429/503 back-off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from collector.errors import CollectorError, Unauthorized
-from collector.pipeline.auth import write_key_from_basic
+from collector.pipeline.auth import OriginNotAllowed, check_origin, origin_allowed, visible_write_key
 from collector.pipeline.intake import Caller
-from collector.settings import Settings, Source
+from collector.settings import Settings
 
 # Preflight answer: Chromium caps the cache at 2 hours; without a max-age it re-preflights after ~5 s.
 MAX_AGE_SECONDS = 7200
@@ -33,29 +32,14 @@ ALLOWED_HEADERS = (b"authorization", b"content-type", b"content-encoding", b"x-r
 EXPOSED_HEADERS = b"Retry-After, X-Request-Id"
 
 
-class OriginNotAllowed(CollectorError):
-    status = 403
-    code = "origin_not_allowed"
-    message = "Origin not allowed"
-    more_info = "This source does not accept events from that web origin (allowedOrigins in the config)."
-
-
-def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
-    """`*`, an exact origin, or `scheme://*.domain` for any subdomain of domain."""
-    for pattern in allowed:
-        if pattern == "*" or pattern == origin:
-            return True
-        scheme, sep, host = pattern.partition("://*.")
-        if sep and origin.startswith(scheme + "://") and origin.endswith("." + host):
-            return True
-    return False
-
-
 class CorsPolicy:
     """The CORS decisions; the front door (front.py) applies them to every request."""
 
     def __init__(self, settings: Settings) -> None:
+        # The key visible before the body is read decides here; ingest checks the origin again for
+        # the source the request is authenticated as, wherever its key was.
         self.write_keys = settings.write_keys
+        self.key_kinds = settings.key_kinds
         sources = {source.id: source for source in settings.write_keys.values()}
         # What a preflight (which carries no key) is answered for: the union of all sources.
         self.any_origin = not sources or any("*" in s.allowed_origins for s in sources.values())
@@ -65,7 +49,8 @@ class CorsPolicy:
         self, origin: bytes, caller: Caller
     ) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:
         """(CORS headers for the answer, the 403 to give instead when the key's source refuses the origin)."""
-        source = self.source_of(caller)
+        key = visible_write_key(caller)
+        source = self.write_keys.get(key) if key else None
         text = origin.decode("latin-1")
         if source is not None:
             wildcard = "*" in source.allowed_origins
@@ -73,20 +58,13 @@ class CorsPolicy:
         else:
             wildcard = self.any_origin
             allowed = wildcard or origin_allowed(text, self.known_origins)
-        if source is not None and not allowed:
-            # Readable by the page (echoed origin) so the SDK drops the event instead of retrying.
-            refusal = OriginNotAllowed(more_info=f"Source {source.id} does not accept events from {text}.")
-            return cors_headers(origin, False), refusal
+        if source is not None:
+            try:
+                check_origin(source, self.key_kinds.get(key or ""), text)  # the rule authentication applies
+            except OriginNotAllowed as refusal:
+                # Readable by the page (echoed origin) so the SDK drops the event instead of retrying.
+                return cors_headers(origin, False), refusal
         return (cors_headers(origin, wildcard) if allowed else []), None
-
-    def source_of(self, caller: Caller) -> Source | None:
-        """The source named by a write key in the headers or query (not the body: it is not read here)."""
-        try:
-            key = write_key_from_basic(caller.authorization)
-        except Unauthorized:
-            key = None  # the endpoint answers the malformed header with its own 401
-        key = key or caller.query_write_key
-        return self.write_keys.get(key) if key else None
 
     def preflight(self, origin: bytes) -> tuple[list[tuple[bytes, bytes]], OriginNotAllowed | None]:
         """(headers of the 204 answer, or the 403 to give when no source accepts the origin)."""

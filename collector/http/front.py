@@ -32,7 +32,7 @@ from collector.pipeline.runtime import Runtime
 
 log = logging.getLogger("collector")
 access_log = logging.getLogger("collector.access")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # fullmatch: `$` would admit a trailing newline
 JSON = (b"content-type", b"application/json")
 SUCCESS_HEADERS = [JSON, (b"content-length", str(len(events.SUCCESS_BODY)).encode())]
 
@@ -55,7 +55,7 @@ class FrontDoor:
         began = time.perf_counter()
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id")
-        if request_id is None or not REQUEST_ID.match(request_id.decode("latin-1")):
+        if request_id is None or not REQUEST_ID.fullmatch(request_id.decode("latin-1")):
             request_id = unique_hex()[-24:].encode()
         scope["request_id"] = request_id.decode("latin-1")
         extra = [(b"x-request-id", request_id)]

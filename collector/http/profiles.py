@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -29,14 +28,15 @@ from starlette.routing import Route
 
 from collector.errors import BadRequest, InvalidJSON, NotFound, UnsupportedMediaType
 from collector.http.responses import json_response
+from collector.ids import is_user_id
 from collector.pipeline import intake
 from collector.pipeline.auth import authenticate_workspace
 from collector.pipeline.enrichment import format_time
 from collector.pipeline.runtime import Runtime
+from collector.schema.dsl import pointer
 from collector.settings import new_id
 from collector.storage.base import ProfileStore
 
-USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
 RESERVED_PARAMS = ("limit", "pageToken")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 MAX_POSITION = 2**63 - 1  # SQLite and PostgreSQL bigint
@@ -77,7 +77,7 @@ def _context(request: Request) -> tuple[Runtime, ProfileStore, str]:
 
 def _user_id(request: Request) -> str:
     user_id: str = request.path_params["user_id"]
-    if not USER_ID.match(user_id):
+    if not is_user_id(user_id):
         raise InvalidUserId()
     return user_id
 
@@ -103,6 +103,18 @@ async def _body(request: Request, runtime: Runtime, schema: str) -> dict[str, An
         orjson.dumps(body)  # what cannot be encoded cannot be stored
     except orjson.JSONEncodeError:
         raise BadRequest("Invalid body", "The body is nested deeper than 255 levels.", code="too_deep") from None
+    known = runtime.validators.schemas[schema].get("properties", {})
+    unknown = sorted(key for key in body if key not in known)
+    if unknown:  # `{"age": null}` or a typo like `trait` must not answer 200 and change nothing
+        raise BadRequest(
+            "Unknown field" + ("s" if len(unknown) > 1 else ""),
+            f"The body may hold only {', '.join(sorted(known))}; unknown: {', '.join(unknown)}.",
+            code="unknown_field",
+            errors=[
+                {"pointer": pointer([key]), "keyword": "additionalProperties", "message": f"unknown field {key!r}"}
+                for key in unknown
+            ],
+        )
     errors = runtime.validators.errors_for(schema, body)
     if errors:
         field = errors[0]["pointer"].lstrip("/").split("/")[0]

@@ -94,8 +94,9 @@ class DebugHub:
             self.publish_all(source.id, [(prefix, event.body, b"}") for event in report.events])
         for outcome, items in (("quarantined", report.quarantined), ("rejected", report.rejected)):
             for index, message, errors in items:
-                entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": message}
-                self.publish(source.id, jsonio.dumps({**entry, "errors": errors}, default=repr))
+                shown = orjson.Fragment(jsonio.dumps_kept(message))  # any message, however deep
+                entry = {"kind": "invalid", "outcome": outcome, **head, "index": index, "message": shown}
+                self.publish(source.id, orjson.dumps({**entry, "errors": errors}))
 
     def since(self, after: int) -> list[Entry]:
         return [item for item in self.recent if item[0] > after]

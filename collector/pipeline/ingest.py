@@ -9,7 +9,6 @@ request only through `intake.Caller`, and every stage is a plain function.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import time
 from typing import Any
@@ -18,6 +17,7 @@ import orjson
 
 from collector import jsonio
 from collector.errors import InvalidMessage
+from collector.ids import is_user_id
 from collector.paths import BATCH
 from collector.pipeline import auth, intake, plans, ratelimit, repair
 from collector.pipeline.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
@@ -29,8 +29,6 @@ from collector.schema.plans import VIOLATION_TYPES
 from collector.settings import Source
 from collector.storage.base import QuarantinedEvent, StoredEvent
 
-USER_ID = re.compile(r"^usr_[A-Za-z0-9]{16}$")
-
 
 async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_size: int, kind: str) -> None:
     """The pipeline after the body is parsed; pixel beacons (browser.py) enter here with their `data=`.
@@ -40,7 +38,7 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     source's qualityEnforcement says so: by default they are stored in context.protocols.violations."""
     settings = runtime.settings
     payload = parsed.payload
-    source = auth.authenticate_source(caller.authorization, payload, caller.query_write_key, settings.write_keys)  # 401
+    source = auth.authenticate_source(caller, payload, settings)  # 401, 403 from a refused web origin
     ratelimit.enforce(runtime.rate_limiter, source)  # 429 + Retry-After, when the source has a limit
     messages, arrival, flags = split(payload, kind, body_size, caller, runtime, source)  # 400 / 413
     if parsed.needs_scrub:
@@ -320,21 +318,11 @@ def quarantine(invalid: list[Rejected], source: Source, received_at: str) -> lis
                 source_id=source.id,
                 message_id=message_id if isinstance(message_id, str) else None,
                 received_at=received_at,
-                body=encode_for_quarantine(message),
+                body=jsonio.dumps_kept(message),
                 errors=orjson.dumps(errors),
             )
         )
     return kept
-
-
-def encode_for_quarantine(message: Any) -> bytes:
-    try:
-        return jsonio.dumps(message)
-    except orjson.JSONEncodeError:  # deeper than orjson encodes: keep it as one JSON string
-        try:
-            return orjson.dumps({"tooDeep": True, "json": json.dumps(message)})
-        except (RecursionError, ValueError):
-            return orjson.dumps({"tooDeep": True})
 
 
 def rejection(invalid: list[Rejected], accepted: int, total: int) -> InvalidMessage:
@@ -366,7 +354,7 @@ def profile_updates(kept: Indexed, inserted: frozenset[str] | None) -> list[tupl
         if message["type"] != "identify" or (inserted is not None and message["messageId"] not in inserted):
             continue
         user_id, traits = message.get("userId"), message.get("traits")
-        if isinstance(user_id, str) and USER_ID.match(user_id) and isinstance(traits, dict) and traits:
+        if isinstance(user_id, str) and is_user_id(user_id) and isinstance(traits, dict) and traits:
             updates.append((user_id, traits))
     return updates
 

@@ -50,6 +50,7 @@ class Caller:
     forwarded_for: str  # every X-Forwarded-For line, joined with commas ("" when none)
     content_encoding: str  # lower case, "" when absent
     content_length: str | None
+    origin: str | None = None  # the Origin header: a browser's web page sent it
 
     @classmethod
     def of(cls, scope: Scope, headers: dict[bytes, bytes] | None = None) -> Caller:
@@ -58,7 +59,7 @@ class Caller:
             headers = dict(scope["headers"])
         get = headers.get
         authorization, user_agent = get(b"authorization"), get(b"user-agent")
-        encoding, length = get(b"content-encoding"), get(b"content-length")
+        encoding, length, origin = get(b"content-encoding"), get(b"content-length"), get(b"origin")
         query_key = None
         if scope.get("query_string"):
             query_key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
@@ -70,11 +71,21 @@ class Caller:
             authorization=authorization.decode("latin-1") if authorization is not None else None,
             query_write_key=query_key,
             peer=client[0] if client else None,
-            user_agent=user_agent.decode("latin-1") if user_agent is not None else None,
+            user_agent=header_text(user_agent) if user_agent is not None else None,
             forwarded_for=forwarded,
             content_encoding=encoding.decode("latin-1").strip().lower() if encoding is not None else "",
             content_length=length.decode("latin-1") if length is not None else None,
+            origin=origin.decode("latin-1") if origin is not None else None,
         )
+
+
+def header_text(raw: bytes) -> str:
+    """A header value as text: UTF-8 when it is (browsers and SDKs send UTF-8 product names),
+    else Latin-1, HTTP's historical charset, which decodes any byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 async def read_body(receive: Receive, caller: Caller, max_bytes: int) -> bytes:

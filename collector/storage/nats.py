@@ -53,7 +53,7 @@ SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
 _SUBJECT_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
-_HEADER_SAFE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,199}$")  # printable ASCII, no CR/LF
+_HEADER_SAFE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,199}")  # printable ASCII, no CR/LF
 
 
 def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
@@ -84,7 +84,7 @@ def subject_token(value: str) -> str:
 def dedupe_id(workspace_id: str, message_id: str) -> str:
     """The Nats-Msg-Id: `<workspace>:<messageId>`, hashed when the id is not a safe header value."""
     candidate = f"{workspace_id}:{message_id}"
-    if _HEADER_SAFE.match(candidate):
+    if _HEADER_SAFE.fullmatch(candidate):  # `$` would admit a trailing newline
         return candidate
     return f"{workspace_id}:sha256:{hashlib.sha256(message_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
