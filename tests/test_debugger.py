@@ -98,6 +98,21 @@ def test_an_invalid_message_with_a_big_integer_is_shown_exactly(client: TestClie
     assert '"n":123456789012345678901234567890' in answer.text  # orjson alone cannot encode it
 
 
+def test_a_too_deep_invalid_message_does_not_cost_the_later_ones_their_entries(
+    client: TestClient, short_streams: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep: object = "x"
+    for _ in range(400):  # deeper than orjson encodes (255), within what the parser takes
+        deep = {"d": deep}
+    batch = {"batch": [{"type": "track", "userId": "u", "deep": deep}, {"type": "track", "userId": "u"}]}
+    assert client.post("/v1/batch", json=batch, headers=basic(WRITE_KEY)).status_code == 400  # no event: refused
+    answer = client.get("/debugger/stream", params={"token": ADMIN}, headers={"Last-Event-ID": "0"})
+    entries = [entry for _, entry in arrivals(answer.text)]
+    assert [entry["index"] for entry in entries] == [0, 1]
+    assert entries[0]["message"]["tooDeep"] is True and entries[1]["message"]["type"] == "track"
+    assert "Traceback" not in caplog.text and "listener" not in caplog.text
+
+
 def test_hub_drops_entries_for_a_stalled_subscriber_instead_of_blocking() -> None:
     import asyncio
 

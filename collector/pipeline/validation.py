@@ -8,6 +8,7 @@ from "a message with quality problems" (stored and flagged).
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import jsonschema_rs
@@ -66,7 +67,11 @@ class Validators:
 
     def _describe(self, validator: Any, schema: dict[str, Any], instance: Any) -> list[Problem]:
         found: list[Problem] = []
-        for error in validator.iter_errors(instance):
+        try:
+            errors = list(islice(validator.iter_errors(instance), MAX_ERRORS_PER_MESSAGE))
+        except ValueError:  # "Recursion limit reached": jsonschema-rs describes no deeper (is_valid does)
+            return [Problem(pointer="", keyword="maxDepth", message="JSON nested too deeply to be checked")]
+        for error in errors:
             keyword = str(error.schema_path[-1]) if error.schema_path else ""
             path = list(error.instance_path)
             if keyword == "required":  # point at the missing field itself, not its parent
