@@ -41,6 +41,7 @@ def independent() -> Iterator[str]:
     server = serve(0, [WRITE_KEY])
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def black_hole() -> Iterator[tuple[str, ThreadingHTTPServer]]:
     server = serve(0, [], black_hole=True)
     yield f"http://127.0.0.1:{server.server_address[1]}", server
     server.shutdown()
+    server.server_close()
 
 
 def test_an_independent_segment_server_reaches_the_segment_level(independent: str, cases: list[Case]) -> None:

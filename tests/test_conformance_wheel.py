@@ -65,6 +65,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_against_a_server(tmp_path
         )
     finally:
         server.shutdown()
+        server.server_close()
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("level: Segment-compatible")
     assert json.loads((report / "results.json").read_text())["kit"]["version"] == KIT_VERSION
