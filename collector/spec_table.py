@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.paths import CALL_TYPES
-from collector.pipeline.enrichment import TIME_REPAIRS
+from collector.pipeline.enrichment import ENRICHMENT_REPAIRS
 from collector.pipeline.repair import REPAIRS
 from collector.schema.spec import Spec
 
@@ -151,7 +151,7 @@ def render(spec: Spec) -> str:
     lines += [f"| {calls} | `{field}` | {rule} |" for calls, field, rule in level_rows(spec, "quality")]
     lines += ["", "**Repaired** (stored mended, recorded as a violation of type `Repaired`):", ""]
     lines += ["| rule | what arrives | what is stored |", "| --- | --- | --- |"]
-    for keyword, (arrives, stored) in (REPAIRS | TIME_REPAIRS).items():
+    for keyword, (arrives, stored) in (REPAIRS | ENRICHMENT_REPAIRS).items():
         lines.append(f"| `{keyword}` | {arrives} | {stored} |")
     lines += ["", END]
     return "\n".join(lines)

@@ -22,6 +22,8 @@ from collector.pipeline.records import Problem
 _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId", "messageId")
 _SECONDS_BELOW = 10**11  # an epoch number below this is seconds (year 5138), above it milliseconds
 _FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # a client time further ahead than this is not believed
+MAX_USER_AGENT = 1024  # characters of the User-Agent header stored (real ones are under ~500)
+_LONG_USER_AGENT = f"the User-Agent header is longer than {MAX_USER_AGENT} characters; stored cut"
 _NO_PROBLEMS: list[Problem] = []  # shared, never appended to: most messages have none
 _TIME_PROBLEMS = {
     "numericTimestamp": "a number, read as epoch {unit}",
@@ -29,7 +31,11 @@ _TIME_PROBLEMS = {
     "futureTimestamp": "more than 24 h after receivedAt; timestamp is receivedAt (the raw value is kept)",
 }
 # keyword → (what arrives, what is stored), for README's table.
-TIME_REPAIRS = {
+ENRICHMENT_REPAIRS = {
+    "longUserAgent": (
+        f"a `User-Agent` header longer than {MAX_USER_AGENT:,} characters (headers are not counted in maxEventBytes)",
+        f"`context.userAgent` cut to {MAX_USER_AGENT:,} characters",
+    ),
     "numericTimestamp": (
         "a number in `timestamp` or `sentAt` (`Date.now()`)",
         "read as epoch milliseconds (seconds below 10^11); `timestamp` in ISO-8601, "
@@ -53,6 +59,7 @@ class Arrival:
         "received_us",
         "ip",
         "user_agent",
+        "user_agent_cut",
         "envelope_sent_at",
         "envelope_sent_us",
         "envelope_sent_problem",
@@ -62,7 +69,9 @@ class Arrival:
     def __init__(self, received_us: int, ip: str | None, user_agent: str | None, envelope_sent_at: Any = None) -> None:
         self.received_us = received_us  # microseconds since the Unix epoch
         self.ip = ip
-        self.user_agent = user_agent
+        self.user_agent_cut = user_agent is not None and len(user_agent) > MAX_USER_AGENT
+        # Cut once per request: every message of a batch gets it, and headers bypass maxEventBytes.
+        self.user_agent = user_agent[:MAX_USER_AGENT] if self.user_agent_cut and user_agent else user_agent
         self.envelope_sent_at = envelope_sent_at  # the batch's sentAt, for items without their own
         # Parsed and formatted once per request, not once per event.
         self.envelope_sent_us, self.envelope_sent_problem = client_micros(envelope_sent_at)
@@ -161,13 +170,15 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
         context = message["context"] = {}
     if arrival.ip is not None and "ip" not in context:
         context["ip"] = arrival.ip
+    problems = _NO_PROBLEMS
     if arrival.user_agent is not None and "userAgent" not in context:
         context["userAgent"] = arrival.user_agent
+        if arrival.user_agent_cut:
+            problems = [Problem(pointer="/context/userAgent", keyword="longUserAgent", message=_LONG_USER_AGENT)]
 
     if not message.get("messageId"):
         message["messageId"] = new_message_id()
 
-    problems = _NO_PROBLEMS
     client_time = message.get("timestamp")
     sent_at = message.get("sentAt")
     if sent_at is None and arrival.envelope_sent_at is not None:
@@ -176,7 +187,7 @@ def enrich(message: dict[str, Any], arrival: Arrival, received_at_text: str) -> 
     else:
         sent, sent_problem = client_micros(sent_at)
     if sent_problem is not None:
-        problems = [time_problem("sentAt", sent_problem, sent_at)]
+        problems = [*problems, time_problem("sentAt", sent_problem, sent_at)]
     message.pop("originalTimestamp", None)
     if client_time is None:
         message["timestamp"] = received_at_text

@@ -20,7 +20,7 @@ from collector.errors import InvalidMessage
 from collector.ids import is_user_id
 from collector.paths import BATCH
 from collector.pipeline import auth, intake, plans, ratelimit, repair
-from collector.pipeline.enrichment import TIME_REPAIRS, Arrival, enrich, now_micros
+from collector.pipeline.enrichment import ENRICHMENT_REPAIRS, Arrival, enrich, now_micros
 from collector.pipeline.intake import Caller
 from collector.pipeline.records import Flags, Indexed, IntakeReport, Problem, Rejected
 from collector.pipeline.runtime import Runtime
@@ -122,7 +122,7 @@ def quality_violation(problem: Problem) -> dict[str, Any]:
     return {"type": kind, "field": field, "description": problem["message"], "rule": rule_name(problem)}
 
 
-REPAIR_KEYWORDS = repair.SCRUB_KEYWORDS | frozenset(TIME_REPAIRS)  # recorded as type "Repaired"
+REPAIR_KEYWORDS = repair.SCRUB_KEYWORDS | frozenset(ENRICHMENT_REPAIRS)  # recorded as type "Repaired"
 _INDEX_STEP = re.compile(r"/\d+(?=/|$)")
 
 
