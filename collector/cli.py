@@ -41,10 +41,13 @@ def worker_app() -> Any:
     """uvicorn's factory, in every server process (`--workers N` starts the app in each): the
     process-wide set-up `serve` owns, then the app."""
     from collector.app import create_app
+    from collector.http import connection
     from collector.logs import configure_worker_logging
 
     configure_worker_logging()  # a worker process inherits no logging set-up from `serve`
-    app = create_app(settings_module.load())
+    settings = settings_module.load()
+    connection.configure(settings)  # before uvicorn accepts a connection in this process
+    app = create_app(settings)
     quiet_garbage_collector()
     return app
 
@@ -96,7 +99,8 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            http="collector.http.connection:GuardedHttpToolsProtocol",  # httptools + limits and timeouts
+            timeout_keep_alive=loaded.keep_alive_timeout_seconds,  # type: ignore[arg-type] # a float works
             access_log=False,
             log_config=None,  # uvicorn's loggers go through our JSON handler (root)
             proxy_headers=False,  # X-Forwarded-For is handled per trusted_proxies, not by uvicorn

@@ -33,6 +33,8 @@ def camel(name: str) -> str:
 def _setting_schema(name: str, default: Any, help: str) -> dict[str, Any]:
     if name in _SPECIAL:
         schema = dict(_SPECIAL[name])
+    elif isinstance(default, float):
+        schema = {"type": ["number", "string", "null"], "exclusiveMinimum": 0, "pattern": "^[0-9]*[.]?[0-9]+$"}
     elif isinstance(default, int):
         schema = {"type": ["integer", "string", "null"], "minimum": 1, "pattern": "^[0-9]+$"}
     else:

@@ -11,8 +11,10 @@ CollectorError
  ├── BadRequest (400)            InvalidJSON, InvalidMessage, InvalidParameter, InvalidUserId, ...
  ├── Unauthorized (401)          missing or unknown write key / token
  ├── NotFound (404)
+ ├── RequestTimeout (408), UrlTooLong (414), HeadersTooLarge (431): the connection guard
  ├── PayloadTooLarge (413)       names the limit that was crossed
  ├── UnsupportedMediaType (415)
+ ├── TooManyConnections (503)    the connection guard, with Retry-After
  └── StorageUnavailable (503)    carries Retry-After
 """
 
@@ -78,6 +80,12 @@ class InvalidMessage(BadRequest):
     more_info = "One or more messages do not match the spec; see errors."
 
 
+class InvalidHTTP(BadRequest):
+    code = "invalid_http"
+    message = "Invalid HTTP request"
+    more_info = "The request is not well-formed HTTP/1.1; the connection is closed."
+
+
 class InvalidParameter(BadRequest):
     code = "invalid_parameter"
     message = "Invalid parameter"
@@ -105,6 +113,25 @@ class MethodNotAllowed(CollectorError):
     code = "method_not_allowed"
     message = "Method not allowed"
     more_info = "This path does not accept that HTTP method."
+
+
+class RequestTimeout(CollectorError):
+    status = 408
+    code = "request_timeout"
+    message = "Request Timeout"
+    more_info = "The request's headers or body did not arrive in time; the connection is closed."
+
+
+class UrlTooLong(CollectorError):
+    status = 414
+    code = "url_too_long"
+    message = "URI Too Long"
+
+
+class HeadersTooLarge(CollectorError):
+    status = 431
+    code = "headers_too_large"
+    message = "Request Header Fields Too Large"
 
 
 class PayloadTooLarge(CollectorError):
@@ -136,6 +163,13 @@ class StorageUnavailable(CollectorError):
 
     def __init__(self, message: str | None = None, more_info: str | None = None, **kw: Any) -> None:
         super().__init__(message, more_info, **kw)
+
+
+class TooManyConnections(CollectorError):
+    status = 503
+    code = "too_many_connections"
+    message = "Service Unavailable"
+    more_info = "This server process holds as many connections as it may; retry after Retry-After seconds."
 
 
 class RenderSettings(Protocol):

@@ -49,6 +49,15 @@ SETTINGS = (
     Setting("max_event_bytes", 32768, "Largest single event, in bytes after decompression (413 above it)."),
     Setting("max_request_bytes", 512000, "Largest request body, in bytes after decompression (413 above it)."),
     Setting("max_batch_events", 2500, "Most events in one batch request (413 above it)."),
+    Setting("max_header_bytes", 8192, "Largest single request header, name plus value, in bytes (431 above it)."),
+    Setting("max_head_bytes", 32768, "Largest request line plus headers, in bytes (431 above it)."),
+    Setting("max_headers", 100, "Most headers in one request (431 above it)."),
+    Setting("max_url_bytes", 8192, "Longest request URL (path and query), in bytes (414 above it)."),
+    Setting("header_timeout_seconds", 10.0, "Time a request's line and headers may take to arrive (408, closed)."),
+    Setting("body_idle_timeout_seconds", 10.0, "Longest pause while a request body arrives (408, closed)."),
+    Setting("body_timeout_seconds", 60.0, "Time a whole request body may take to arrive (408, closed)."),
+    Setting("keep_alive_timeout_seconds", 5.0, "Time an idle keep-alive connection stays open between requests."),
+    Setting("max_connections", 2048, "Most open connections per server process; past it a new one gets 503, closed."),
     Setting("invalid_messages", "reject", "Default for sources: `reject` (400) or `quarantine` (200, kept aside)."),
     Setting("trusted_proxies", "", "Comma-separated CIDRs whose X-Forwarded-For is believed."),
     Setting("admin_tokens", "", "Comma-separated bearer tokens for the read-back API (/v1/events)."),
@@ -108,6 +117,15 @@ class Settings:
     max_event_bytes: int = _DEFAULTS["max_event_bytes"]
     max_request_bytes: int = _DEFAULTS["max_request_bytes"]
     max_batch_events: int = _DEFAULTS["max_batch_events"]
+    max_header_bytes: int = _DEFAULTS["max_header_bytes"]
+    max_head_bytes: int = _DEFAULTS["max_head_bytes"]
+    max_headers: int = _DEFAULTS["max_headers"]
+    max_url_bytes: int = _DEFAULTS["max_url_bytes"]
+    header_timeout_seconds: float = _DEFAULTS["header_timeout_seconds"]
+    body_idle_timeout_seconds: float = _DEFAULTS["body_idle_timeout_seconds"]
+    body_timeout_seconds: float = _DEFAULTS["body_timeout_seconds"]
+    keep_alive_timeout_seconds: float = _DEFAULTS["keep_alive_timeout_seconds"]
+    max_connections: int = _DEFAULTS["max_connections"]
     invalid_messages: InvalidMessages = _DEFAULTS["invalid_messages"]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     sqlite_synchronous: SqliteSynchronous = _DEFAULTS["sqlite_synchronous"]
@@ -148,6 +166,14 @@ def new_id(prefix: str, length: int = 16) -> str:
 
 def _scalar(name: str, raw: Any) -> Any:
     default = _DEFAULTS[name]
+    if isinstance(default, float):
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name} must be a number, got {raw!r}") from None
+        if not seconds > 0:  # NaN too
+            raise ConfigError(f"setting {name} must be positive, got {raw!r}")
+        return seconds
     if isinstance(default, int):
         try:
             value = int(raw)
