@@ -27,6 +27,7 @@ from collector.http import events
 from collector.http.cors import CorsPolicy
 from collector.http.metrics import route_template
 from collector.ids import unique_hex
+from collector.paths import EVENT_PATHS
 from collector.pipeline.intake import Caller
 from collector.pipeline.runtime import Runtime
 
@@ -180,7 +181,11 @@ async def on_collector_error(request: Request, exc: Exception) -> Response:
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: CollectorError
-    if exc.status_code == 404:
+    if exc.status_code == 404 and request.url.path in EVENT_PATHS:  # the front door serves its POSTs
+        error = MethodNotAllowed(
+            more_info=f"{request.method} is not accepted on {request.url.path}.", headers={"Allow": "POST"}
+        )
+    elif exc.status_code == 404:
         error = NotFound("Not found", f"No endpoint at {request.url.path}.")
     elif exc.status_code == 405:
         error = MethodNotAllowed(
