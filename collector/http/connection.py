@@ -146,7 +146,8 @@ class _Refused(Exception):
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol plus the limits above. One timer per connection: the phases it guards
     (head, then body) never overlap, and uvicorn's own keep-alive timer covers the idle time
-    between requests."""
+    between requests. A phase's timer is armed only when a read ends inside it, so a request
+    that arrives in one read (most do) costs no timer at all."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -159,6 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_received = 0  # coarse: bytes read while one head was still incomplete
         self.header_count = 0
         self.received_any = False
+        self.body_pending = False
         self.body_started = 0.0
         self.body_last = 0.0
 
@@ -192,11 +194,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cause = exc.__context__ if isinstance(exc.__context__, _Refused) else None
             self.refuse(cause.answer if cause else self.answers.invalid_http)
             return
-        if self.reading_head and in_head and serial == self.head_serial:
-            # All of this read belongs to one incomplete head (perhaps a header still arriving).
-            self.head_received += len(data)
-            if self.head_received > self.limits.max_head_bytes:
-                self.refuse(self.answers.headers_too_large)
+        if self.reading_head:
+            if in_head and serial == self.head_serial:
+                # All of this read belongs to one incomplete head (perhaps a header still arriving).
+                self.head_received += len(data)
+                if self.head_received > self.limits.max_head_bytes:
+                    self.refuse(self.answers.headers_too_large)
+                    return
+            if self.guard_timer is None:  # a keep-alive request's head timer starts with its first read
+                self.arm(self.limits.header_timeout, self.head_timed_out)
+        elif self.body_pending and self.guard_timer is None:
+            self.body_started = self.body_last = self.loop.time()
+            self.arm(self.limits.body_idle_timeout, self.body_timed_out)
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(self.answers.invalid_http)
@@ -208,8 +217,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.reading_head = True
         self.head_serial += 1
         self.head_bytes = self.head_received = self.header_count = 0
-        if self.guard_timer is None:  # a keep-alive request: its head timer starts now
-            self.arm(self.limits.header_timeout, self.head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -232,15 +239,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.disarm()
         self.reading_head = False
+        self.body_pending = True  # its timer starts after this read, if the body is not all in it
         super().on_headers_complete()
-        self.body_started = self.body_last = self.loop.time()
-        self.arm(self.limits.body_idle_timeout, self.body_timed_out)
 
     def on_body(self, body: bytes) -> None:
         self.body_last = self.loop.time()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.body_pending = False
         self.disarm()
         super().on_message_complete()
 
