@@ -12,7 +12,16 @@ from typing import Any
 
 import orjson
 
-from collector.settings import INVALID_MESSAGE_MODES, KEY_KINDS, PLAN_ENFORCEMENTS, QUALITY_ENFORCEMENTS, SETTINGS
+from collector.settings import (
+    INVALID_MESSAGE_MODES,
+    IP_POLICIES,
+    KEY_KINDS,
+    PLAN_ENFORCEMENTS,
+    QUALITY_ENFORCEMENTS,
+    SETTINGS,
+    SIGNAL_POLICIES,
+    WHEN_MISSING,
+)
 
 # YAML reads unquoted digits as integers; settings.load() turns ids, names and keys into text.
 _TEXT = {"type": ["string", "integer"]}
@@ -40,6 +49,48 @@ def _setting_schema(name: str, default: Any, help: str) -> dict[str, Any]:
     else:
         schema = {"type": ["string", "null"]}
     return schema | {"description": help, "default": default}
+
+
+_REDACT_ACTIONS = ["drop", "hash", "mask"]
+_DETECTORS = ["email", "phone", "card", "iban", "ipv4"]
+
+
+def privacy_schema() -> dict[str, Any]:
+    """The `privacy` block of a workspace (a source may override any key but hashSecret)."""
+    rule = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "path": {"type": "string", "minLength": 1, "description": "Dotted path; `*` matches any key or index."},
+            "detect": {"enum": _DETECTORS},
+            "action": {"enum": _REDACT_ACTIONS},
+        },
+        "required": ["action"],
+        "oneOf": [{"required": ["path"]}, {"required": ["detect"]}],
+    }
+    return {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "properties": {
+            "ip": {"enum": list(IP_POLICIES), "description": "truncate: IPv4 to /24, IPv6 to /48."},
+            "globalPrivacyControl": {"enum": list(SIGNAL_POLICIES), "description": "For the Sec-GPC: 1 header."},
+            "doNotTrack": {"enum": list(SIGNAL_POLICIES), "description": "For the DNT: 1 header."},
+            "consent": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "properties": {
+                    "require": _LIST | {"description": "Categories context.consent.categoryPreferences must grant."},
+                    "whenMissing": {"enum": list(WHEN_MISSING)},
+                },
+            },
+            "redact": {"type": ["array", "null"], "items": rule},
+            "retention": {
+                "type": ["string", "integer", "null"],
+                "description": "90d, 12h, 30m: events and quarantine older than this are deleted.",
+            },
+            "hashSecret": {"type": "string", "minLength": 16, "description": "Key of `hash` (per workspace)."},
+        },
+    }
 
 
 def build() -> dict[str, Any]:
@@ -82,6 +133,7 @@ def build() -> dict[str, Any]:
             "trackingPlan": {"type": ["string", "null"], "description": "Name of a plan in the plans directory."},
             "planEnforcement": {"enum": list(PLAN_ENFORCEMENTS)},
             "qualityEnforcement": {"enum": list(QUALITY_ENFORCEMENTS)},
+            "privacy": {"$ref": "#/$defs/privacy"},
         },
     }
     workspace = {
@@ -92,6 +144,7 @@ def build() -> dict[str, Any]:
             "name": _TEXT,
             "tokens": _LIST | {"description": "Bearer tokens of the profile API for this workspace."},
             "sources": {"type": ["array", "null"], "items": {"$ref": "#/$defs/source"}},
+            "privacy": {"$ref": "#/$defs/privacy"},
         },
     }
     return {
@@ -103,6 +156,7 @@ def build() -> dict[str, Any]:
             "settings": {"type": "object", "properties": settings},
             "workspace": workspace,
             "source": source,
+            "privacy": privacy_schema(),
         },
         "properties": {
             "workspaces": {"type": ["array", "null"], "items": {"$ref": "#/$defs/workspace"}},

@@ -14,7 +14,7 @@ import re
 import secrets
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast, get_args
 
@@ -29,11 +29,20 @@ PlanEnforcement = Literal["allow", "omit", "quarantine", "reject"]
 QualityEnforcement = Literal["allow", "quarantine", "reject"]  # allow: store and flag (the default)
 SqliteSynchronous = Literal["FULL", "NORMAL", "EXTRA"]
 KeyKind = Literal["browser", "server"]  # a write key without a kind behaves as a browser key
+IpPolicy = Literal["keep", "truncate", "drop"]
+SignalPolicy = Literal["ignore", "anonymize", "drop"]  # for the Sec-GPC: 1 and DNT: 1 request headers
+WhenMissing = Literal["allow", "drop"]
 INVALID_MESSAGE_MODES: tuple[InvalidMessages, ...] = get_args(InvalidMessages)
 PLAN_ENFORCEMENTS: tuple[PlanEnforcement, ...] = get_args(PlanEnforcement)
 QUALITY_ENFORCEMENTS: tuple[QualityEnforcement, ...] = get_args(QualityEnforcement)
 SQLITE_SYNCHRONOUS: tuple[SqliteSynchronous, ...] = get_args(SqliteSynchronous)
 KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
+IP_POLICIES: tuple[IpPolicy, ...] = get_args(IpPolicy)
+SIGNAL_POLICIES: tuple[SignalPolicy, ...] = get_args(SignalPolicy)
+WHEN_MISSING: tuple[WhenMissing, ...] = get_args(WhenMissing)
+PRIVACY_KEYS = ("ip", "globalPrivacyControl", "doNotTrack", "consent", "redact", "retention")  # a source overrides each
+_RETENTION = re.compile(r"([0-9]+)\s*([dhms])")
+_RETENTION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -79,6 +88,9 @@ SETTINGS = (
         "empty; another Host gets 400. Empty: any well-formed Host, answered with `Vary: Host`.",
     ),
     Setting(
+        "retention_interval_seconds", 60.0, "How often expired events and quarantine are deleted (privacy.retention)."
+    ),
+    Setting(
         "workers_dir",
         "",
         "Directory the worker processes of one server share (/metrics, rate limits); `serve --workers N` makes one.",
@@ -92,9 +104,40 @@ def env_name(setting: str) -> str:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """A source's privacy policy: its workspace's `privacy` block with the source's keys on top.
+    The defaults change nothing. Redaction rules stay as written here; pipeline/privacy.py compiles them."""
+
+    ip: IpPolicy = "keep"
+    global_privacy_control: SignalPolicy = "ignore"
+    do_not_track: SignalPolicy = "ignore"
+    consent_require: tuple[str, ...] = ()  # categories context.consent.categoryPreferences must grant
+    consent_when_missing: WhenMissing = "allow"
+    redact: tuple[Mapping[str, Any], ...] = ()
+    retention_seconds: int | None = None  # events and quarantine older than this are deleted
+    hash_secret: bytes | None = None  # the workspace's key for `hash` (HMAC-SHA256)
+
+    @property
+    def changes_messages(self) -> bool:
+        """False for a policy that leaves every message as sent (the default): no per-message work."""
+        return (
+            self.ip != "keep"
+            or self.global_privacy_control != "ignore"
+            or self.do_not_track != "ignore"
+            or bool(self.consent_require)
+            or self.consent_when_missing != "allow"
+            or bool(self.redact)
+        )
+
+
+NO_PRIVACY = Privacy()
+
+
+@dataclass(frozen=True)
 class Workspace:
     id: str
     name: str
+    privacy: Privacy = NO_PRIVACY
 
 
 @dataclass(frozen=True)
@@ -108,6 +151,7 @@ class Source:
     tracking_plan: str | None = None  # name of a plan in the plans directory (schema/plans.py)
     plan_enforcement: PlanEnforcement = "allow"
     quality_enforcement: QualityEnforcement = "allow"  # for messages with quality violations
+    privacy: Privacy = NO_PRIVACY
 
 
 @dataclass(frozen=True)
@@ -135,6 +179,7 @@ class Settings:
     rate_limit: tuple[float, float] | None = None
     public_url: str = _DEFAULTS["public_url"]
     allowed_hosts: frozenset[str] = frozenset()  # lower case
+    retention_interval_seconds: float = _DEFAULTS["retention_interval_seconds"]
     workers_dir: str = _DEFAULTS["workers_dir"]
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
     # Write keys are public (they ship in browser JS), so a plain lookup is fine.
@@ -298,7 +343,10 @@ def _workspaces(
             raise ConfigError(f"{where}.id must match ws_ + 16 letters or digits, got {ws_id!r}")
         if ws_id in workspaces:
             raise ConfigError(f"{where}.id {ws_id} is used twice")
-        workspace = Workspace(id=ws_id, name=str(ws_doc.get("name", ws_id)))
+        privacy_doc = ws_doc.get("privacy") or {}
+        workspace = Workspace(
+            id=ws_id, name=str(ws_doc.get("name", ws_id)), privacy=_privacy(privacy_doc, f"{where}.privacy", None)
+        )
         workspaces[ws_id] = workspace
         for token in _as_list(ws_doc.get("tokens")):
             if digest(token) in tokens:
@@ -307,6 +355,12 @@ def _workspaces(
         for s_index, src_doc in enumerate(ws_doc.get("sources") or []):
             s_where = f"{where}.sources[{s_index}]"
             source = _source(src_doc, s_where, ws_id, f"src_{index}_{s_index}", invalid_default, default_rate)
+            if src_doc.get("privacy") or privacy_doc:
+                own = src_doc.get("privacy") or {}
+                if "hashSecret" in own:
+                    raise ConfigError(f"{s_where}.privacy.hashSecret: the hash secret is per workspace")
+                merged = {**privacy_doc, **own}  # key by key: a source's `redact` replaces the workspace's
+                source = replace(source, privacy=_privacy(merged, f"{s_where}.privacy", workspace.privacy.hash_secret))
             if source.id in source_ids:
                 raise ConfigError(f"{s_where}.id {source.id!r} is used by another source (ids are global)")
             source_ids.add(source.id)
@@ -363,6 +417,47 @@ def _source(
             f"{where}.qualityEnforcement", str(src_doc.get("qualityEnforcement", "allow")), QUALITY_ENFORCEMENTS
         ),
     )
+
+
+def _privacy(doc: Mapping[str, Any], where: str, hash_secret: bytes | None) -> Privacy:
+    """A `privacy` block (shape checked by the config schema); `hash_secret` is the workspace's."""
+    if not doc:
+        return NO_PRIVACY if hash_secret is None else Privacy(hash_secret=hash_secret)
+    consent = doc.get("consent") or {}
+    secret = doc.get("hashSecret")
+    if secret is not None:
+        if len(str(secret)) < 16:
+            raise ConfigError(f"{where}.hashSecret must be at least 16 characters")
+        hash_secret = str(secret).encode()
+    redact = doc.get("redact") or []
+    if not isinstance(redact, list):
+        raise ConfigError(f"{where}.redact must be a list of rules")
+    return Privacy(
+        ip=_mode(f"{where}.ip", doc.get("ip", "keep"), IP_POLICIES),
+        global_privacy_control=_mode(
+            f"{where}.globalPrivacyControl", doc.get("globalPrivacyControl", "ignore"), SIGNAL_POLICIES
+        ),
+        do_not_track=_mode(f"{where}.doNotTrack", doc.get("doNotTrack", "ignore"), SIGNAL_POLICIES),
+        consent_require=tuple(str(category) for category in _as_list(consent.get("require"))),
+        consent_when_missing=_mode(f"{where}.consent.whenMissing", consent.get("whenMissing", "allow"), WHEN_MISSING),
+        redact=tuple(redact),
+        retention_seconds=parse_retention(doc.get("retention"), f"{where}.retention"),
+        hash_secret=hash_secret,
+    )
+
+
+def parse_retention(raw: Any, where: str) -> int | None:
+    """`90d`, `12h`, `30m`, `3600s` (or a number of seconds); at least a minute. Empty: keep forever."""
+    if raw is None or raw == "" or raw == "forever":
+        return None
+    text = str(raw).strip().lower()
+    match = _RETENTION.fullmatch(text) or (re.fullmatch(r"[0-9]+", text) and _RETENTION.fullmatch(text + "s"))
+    if not match:
+        raise ConfigError(f"{where} must be a duration like 90d, 12h or 30m, got {raw!r}")
+    seconds = int(match.group(1)) * _RETENTION_UNITS[match.group(2)]
+    if seconds < 60:
+        raise ConfigError(f"{where} must be at least a minute, got {raw!r}")
+    return seconds
 
 
 def write_dev_config(path: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ anything a retry may fix; the endpoint turns that into 503 + Retry-After.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 
 class StoredEvent(NamedTuple):
@@ -153,6 +153,59 @@ class ProfileStore(Protocol):
         before: int | None,
     ) -> UserPage:
         """Users whose identifiers match every (path, value) filter, in creation order."""
+        ...
+
+
+IdentityKind = Literal["userId", "anonymousId"]
+IDENTITY_COLUMNS: dict[str, str] = {"userId": "user_id", "anonymousId": "anonymous_id"}
+
+
+class Erased(NamedTuple):
+    events: int
+    quarantined: int
+
+
+class PrivacyRecord(NamedTuple):
+    """One suppression or deletion, also its audit entry. The identity is kept only as its keyed
+    digest (pipeline/privacy.identity_digest), never as sent; `details` holds counts, not data."""
+
+    id: str
+    workspace_id: str
+    action: str  # "suppression" | "deletion"
+    identity_kind: IdentityKind
+    identity_digest: str
+    actor: str  # which admin token asked (a digest prefix)
+    created_at: str
+    updated_at: str
+    status: str  # suppression: active | removed; deletion: running | done | failed
+    details: dict[str, Any]
+
+
+@runtime_checkable
+class Erasable(Protocol):
+    """An event store that can delete what it stored (SQLite, PostgreSQL; a JetStream stream cannot
+    find a person's messages without reading all of it)."""
+
+    async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
+        """Every stored event and quarantined message of that identity in the workspace, deleted in
+        small transactions so ingestion goes on between them."""
+        ...
+
+    async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
+        """Events and quarantine of the source received before `before` (ISO-8601, UTC ms Z)."""
+        ...
+
+
+@runtime_checkable
+class PrivacyLedger(Protocol):
+    """Where suppressions, deletions and their audit live: the profile store (always SQL)."""
+
+    async def save_privacy_record(self, record: PrivacyRecord) -> None:
+        """Insert, or replace the record with the same id."""
+        ...
+
+    async def privacy_records(self, workspace_id: str | None = None, action: str | None = None) -> list[PrivacyRecord]:
+        """In creation order."""
         ...
 
 

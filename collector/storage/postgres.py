@@ -28,8 +28,12 @@ from psycopg_pool.base import AttemptWithBackoff
 from collector import jsonio
 from collector.errors import BadRequest, ConfigError, StorageUnavailable
 from collector.storage.base import (
+    IDENTITY_COLUMNS,
+    Erased,
     EventPage,
     EventQuery,
+    IdentityKind,
+    PrivacyRecord,
     QuarantinedEvent,
     StoredEvent,
     UserPage,
@@ -37,7 +41,7 @@ from collector.storage.base import (
     user_object,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS = {
     1: [
         """CREATE TABLE IF NOT EXISTS events (
@@ -76,7 +80,23 @@ MIGRATIONS = {
         )""",
         "CREATE INDEX IF NOT EXISTS profiles_workspace ON profiles (workspace_id, position)",
     ],
+    2: [
+        """CREATE TABLE IF NOT EXISTS privacy_records (
+            position bigserial PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            workspace_id text NOT NULL,
+            action text NOT NULL,
+            identity_kind text NOT NULL,
+            identity_digest text NOT NULL,
+            actor text NOT NULL,
+            created_at text NOT NULL,
+            updated_at text NOT NULL,
+            status text NOT NULL,
+            details jsonb NOT NULL
+        )""",
+    ],
 }
+ERASE_CHUNK = 1000  # rows a DELETE takes at a time: row locks only, ingestion goes on beside it
 # Advisory lock keys (arbitrary constants): schema migration, and ordered event commits.
 MIGRATION_LOCK = 0x636F6C6C
 EVENTS_LOCK = 0x636F6C6D
@@ -320,6 +340,57 @@ class PostgresStorage:
             ) from exc
         except Exception as exc:
             raise _unavailable(exc) from exc
+
+    # --- privacy: erasure and the ledger -----------------------------------------------------------
+
+    async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
+        column = IDENTITY_COLUMNS[kind]
+        events = await self._delete_all(f"workspace_id = %s AND {column} = %s", "events", [workspace_id, _text(value)])
+        quarantined = await self._delete_all(
+            "workspace_id = %s AND json_typeof(body) = 'object' AND body ->> %s = %s",
+            "quarantine",
+            [workspace_id, kind, value],
+        )
+        return Erased(events, quarantined)
+
+    async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
+        condition = "workspace_id = %s AND source_id = %s AND received_at < %s"
+        params = [workspace_id, source_id, before]
+        return Erased(
+            await self._delete_all(condition, "events", params), await self._delete_all(condition, "quarantine", params)
+        )
+
+    async def _delete_all(self, condition: str, table: str, params: list[Any]) -> int:
+        deleted = 0
+        while True:
+            rows = await self._fetch(
+                f"DELETE FROM {table} WHERE position IN"
+                f" (SELECT position FROM {table} WHERE {condition} LIMIT {ERASE_CHUNK}) RETURNING position",
+                params,
+            )
+            deleted += len(rows)
+            if len(rows) < ERASE_CHUNK:
+                return deleted
+
+    async def save_privacy_record(self, record: PrivacyRecord) -> None:
+        await self._fetch(
+            "INSERT INTO privacy_records (id, workspace_id, action, identity_kind, identity_digest, actor,"
+            " created_at, updated_at, status, details) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb)"
+            " ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, status = excluded.status,"
+            " details = excluded.details RETURNING position",
+            [*record[:9], _json(record.details)],
+        )
+
+    async def privacy_records(self, workspace_id: str | None = None, action: str | None = None) -> list[PrivacyRecord]:
+        sql = "SELECT id, workspace_id, action, identity_kind, identity_digest, actor, created_at, updated_at, status,"
+        sql += " details FROM privacy_records WHERE true"
+        params: list[Any] = []
+        if workspace_id is not None:
+            sql, params = sql + " AND workspace_id = %s", [*params, workspace_id]
+        if action is not None:
+            sql, params = sql + " AND action = %s", [*params, action]
+        rows = await self._fetch(sql + " ORDER BY position", params)
+        return [PrivacyRecord._make(row) for row in rows]
 
     # --- profiles -----------------------------------------------------------------------------
 

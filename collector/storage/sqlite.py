@@ -14,7 +14,7 @@ import functools
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,12 @@ import orjson
 from collector import jsonio
 from collector.errors import StorageUnavailable
 from collector.storage.base import (
+    IDENTITY_COLUMNS,
+    Erased,
     EventPage,
     EventQuery,
+    IdentityKind,
+    PrivacyRecord,
     QuarantinedEvent,
     StoredEvent,
     UserPage,
@@ -35,7 +39,7 @@ from collector.storage.base import (
     user_object,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS = {
     1: """
     CREATE TABLE IF NOT EXISTS events (
@@ -105,7 +109,25 @@ MIGRATIONS = {
     CREATE UNIQUE INDEX events_message ON events (message_id, workspace_id);
     CREATE INDEX events_user ON events (workspace_id, user_id);
     """,
+    4: """
+    CREATE TABLE IF NOT EXISTS privacy_records (
+        position INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        workspace_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        identity_kind TEXT NOT NULL,
+        identity_digest TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        details BLOB NOT NULL
+    );
+    """,
 }
+ERASE_CHUNK = 500  # rows deleted per transaction: ingestion's group commits run between them
+# Quarantined messages are kept as sent, so their identity is read from the JSON (kept as text in a BLOB).
+_QUARANTINE_IDENTITY = "CAST(json_extract(CAST(body AS TEXT), ?) AS TEXT)"
 MAX_GROUP = 512  # operations (requests) per transaction
 _INSERT_EVENTS = (
     "INSERT OR IGNORE INTO events (workspace_id, source_id, message_id, type, event, user_id,"
@@ -399,6 +421,78 @@ class SQLiteStorage:
             },
         )
 
+    # --- privacy: erasure and the ledger -----------------------------------------------------------
+
+    async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
+        """Found on a reader connection (no index on anonymous_id: a scan, but off the writer), then
+        deleted by position in chunks through the writer."""
+        column = IDENTITY_COLUMNS[kind]
+        events = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT position FROM events WHERE workspace_id = ? AND {column} = ?", (workspace_id, value)
+            ).fetchall()
+        )
+        quarantined = await self._read(
+            lambda conn: conn.execute(
+                "SELECT position FROM quarantine WHERE workspace_id = ? AND json_valid(CAST(body AS TEXT))"
+                f" AND {_QUARANTINE_IDENTITY} = ?",
+                (workspace_id, "$." + kind, value),
+            ).fetchall()
+        )
+        return Erased(
+            await self._delete_positions("events", [row[0] for row in events]),
+            await self._delete_positions("quarantine", [row[0] for row in quarantined]),
+        )
+
+    async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
+        counts = []
+        for table in ("events", "quarantine"):
+            sql = (
+                f"SELECT position FROM {table} WHERE workspace_id = ? AND source_id = ? AND received_at < ?"
+                " ORDER BY position LIMIT ?"
+            )
+            params = (workspace_id, source_id, before, ERASE_CHUNK)
+            deleted = 0
+            while True:
+                rows = await self._read(_fetch_all(sql, params))
+                if not rows:
+                    break
+                deleted += await self._delete_positions(table, [row[0] for row in rows])
+            counts.append(deleted)
+        return Erased(*counts)
+
+    async def _delete_positions(self, table: str, positions: list[int]) -> int:
+        deleted = 0
+        for start in range(0, len(positions), ERASE_CHUNK):
+            chunk = positions[start : start + ERASE_CHUNK]
+            sql = f"DELETE FROM {table} WHERE position IN ({','.join('?' * len(chunk))})"
+            count: int = await self._submit(_row_count(sql, chunk))
+            deleted += count
+        return deleted
+
+    async def save_privacy_record(self, record: PrivacyRecord) -> None:
+        row = (*record[:9], orjson.dumps(record.details))
+        await self._submit(
+            lambda conn: conn.execute(
+                "INSERT INTO privacy_records (id, workspace_id, action, identity_kind, identity_digest, actor,"
+                " created_at, updated_at, status, details) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, status = excluded.status,"
+                " details = excluded.details",
+                row,
+            )
+        )
+
+    async def privacy_records(self, workspace_id: str | None = None, action: str | None = None) -> list[PrivacyRecord]:
+        sql = "SELECT id, workspace_id, action, identity_kind, identity_digest, actor, created_at, updated_at, status,"
+        sql += " details FROM privacy_records WHERE 1 = 1"
+        params: list[str] = []
+        if workspace_id is not None:
+            sql, params = sql + " AND workspace_id = ?", [*params, workspace_id]
+        if action is not None:
+            sql, params = sql + " AND action = ?", [*params, action]
+        rows = await self._read(lambda conn: conn.execute(sql + " ORDER BY position", params).fetchall())
+        return [PrivacyRecord._make([*row[:9], orjson.loads(row[9])]) for row in rows]
+
     # --- profiles -----------------------------------------------------------------------------
 
     async def create_user(
@@ -513,6 +607,14 @@ class SQLiteStorage:
 
         result: UserPage = await self._read(run)
         return result
+
+
+def _fetch_all(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], list[Any]]:
+    return lambda conn: conn.execute(sql, params).fetchall()
+
+
+def _row_count(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], int]:
+    return lambda conn: conn.execute(sql, params).rowcount
 
 
 def _exists(conn: sqlite3.Connection, filters_sql: str, params: list[Any], bound: str, position: int) -> bool:
