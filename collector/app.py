@@ -14,12 +14,14 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from collector.errors import CollectorError, ConfigError
-from collector.http import browser, debugger, events, front, metrics, openapi, profiles, readback
+from collector.http import browser, debugger, events, front, metrics, openapi, privacy, profiles, readback
 from collector.http.front import FrontDoor
 from collector.paths import EVENT_PATHS
 from collector.pipeline.debug_hub import DebugHub, DebugPeers
 from collector.pipeline.metrics import Metrics
 from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.privacy import Guard
+from collector.pipeline.privacy_jobs import PrivacyService
 from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
 from collector.pipeline.runtime import Runtime
@@ -42,7 +44,7 @@ def routes() -> list[Route]:
         Route("/health", events.health, methods=["GET"]),
         Route("/ready", events.ready, methods=["GET"]),
     ]
-    table += profiles.routes()
+    table += profiles.routes() + privacy.routes()
     table += browser.routes() + debugger.routes() + metrics.routes() + openapi.routes()
     return table
 
@@ -82,6 +84,7 @@ def build_runtime(settings: Settings) -> Runtime:
     storage, profile_store = open_stores(settings)
     counters: Counter[tuple[str, str]] = Counter()
     hub = DebugHub()
+    guard = Guard(settings)  # compiles every source's redaction rules: a bad rule fails start-up
     runtime = Runtime(
         settings=settings,
         validators=Validators(load_schemas(default_spec_dir())),
@@ -93,6 +96,8 @@ def build_runtime(settings: Settings) -> Runtime:
         debug_hub=hub,
         debug_peers=DebugPeers(hub, Path(settings.workers_dir)) if settings.workers_dir else None,
         readiness=Readiness(storage, profile_store),
+        privacy=guard,
+        privacy_service=PrivacyService(settings, guard, storage, profile_store, counters),
         counters=counters,
     )
     runtime.listeners += [runtime.metrics.on_intake, hub.on_intake]  # intake counts, live arrivals
@@ -112,6 +117,8 @@ def create_app(settings: Settings) -> FrontDoor:
             if runtime.plans is not None:
                 runtime.plans.start()
                 stack.push_async_callback(runtime.plans.stop)
+            await runtime.privacy_service.start()
+            stack.push_async_callback(runtime.privacy_service.stop)
             await runtime.readiness.start()
             stack.push_async_callback(runtime.readiness.stop)
             if runtime.metrics.pool is not None:

@@ -1,6 +1,6 @@
 """The ingestion pipeline after the body is parsed, top to bottom in `ingest()`:
 
-    authenticate → rate limit → split batch → validate → plan → enrich → quality → store → profiles
+    authenticate → rate limit → split batch → privacy → validate → plan → enrich → quality → store → profiles
 
 http/events.py calls it for every event POST (and http/browser.py for pixel beacons); it sees the
 request only through `intake.Caller`, and every stage is a plain function.
@@ -19,7 +19,7 @@ from collector import jsonio
 from collector.errors import InvalidMessage
 from collector.ids import is_user_id
 from collector.paths import BATCH
-from collector.pipeline import auth, intake, plans, ratelimit, repair
+from collector.pipeline import auth, intake, plans, privacy, ratelimit, repair
 from collector.pipeline.enrichment import ENRICHMENT_REPAIRS, Arrival, enrich, now_micros
 from collector.pipeline.intake import Caller
 from collector.pipeline.records import Flags, Indexed, IntakeReport, Problem, Rejected
@@ -43,7 +43,12 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     messages, arrival, flags = split(payload, kind, body_size, caller, runtime, source)  # 400 / 413
     if parsed.needs_scrub:
         scrub_all(messages, flags)  # lone surrogates, NUL, NaN: repaired item by item
-    valid, invalid = validate(messages, runtime, body_size > settings.max_event_bytes, flags)
+    dropped: set[int] = set()
+    if runtime.privacy.applies(source):  # the source's policy, before anything else sees the messages
+        shared_context = kind == BATCH and isinstance(payload.get("context"), dict)
+        dropped, changes = privacy.apply(runtime.privacy, source, caller, arrival, messages, shared_context)
+        runtime.count_reasons("privacy", source.id, changes)
+    valid, invalid = validate(messages, runtime, body_size > settings.max_event_bytes, flags, dropped)
     planned = plans.enforce(runtime.plan_of(source), source.plan_enforcement, valid)  # the site's plan
     enrich_all(planned.kept, arrival, flags)  # clock repairs join the flags
     flagged, escalated = apply_quality(planned.kept, flags, source)  # record, or hold / refuse per the source
@@ -253,15 +258,20 @@ def _in_items(problem: Problem) -> bool:
     return problem["pointer"].startswith("/batch/")
 
 
-def validate(messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags) -> tuple[Indexed, list[Rejected]]:
+def validate(
+    messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags, dropped: set[int]
+) -> tuple[Indexed, list[Rejected]]:
     """(index, message) of the messages that meet the contract, and (index, message, errors) of
-    those that do not. The quality problems of valid ones are added to `flags`."""
+    those that do not, leaving out those a privacy policy dropped. The quality problems of valid
+    ones are added to `flags`."""
     validators = runtime.validators
     by_type = validators.by_type
     max_bytes = runtime.settings.max_event_bytes
     valid: Indexed = []
     invalid: list[Rejected] = []
     for index, message in enumerate(messages):
+        if dropped and index in dropped:
+            continue
         if not isinstance(message, dict):
             invalid.append(
                 Rejected(index, message, [Problem(pointer="", keyword="type", message="a message must be an object")])

@@ -51,6 +51,8 @@ class Caller:
     content_encoding: str  # lower case, "" when absent
     content_length: str | None
     origin: str | None = None  # the Origin header: a browser's web page sent it
+    gpc: bool = False  # Sec-GPC: 1 (Global Privacy Control)
+    dnt: bool = False  # DNT: 1 (Do Not Track)
 
     @classmethod
     def of(cls, scope: Scope, headers: dict[bytes, bytes] | None = None) -> Caller:
@@ -76,6 +78,8 @@ class Caller:
             content_encoding=encoding.decode("latin-1").strip().lower() if encoding is not None else "",
             content_length=length.decode("latin-1") if length is not None else None,
             origin=origin.decode("latin-1") if origin is not None else None,
+            gpc=get(b"sec-gpc", b"").strip() == b"1",
+            dnt=get(b"dnt", b"").strip() == b"1",
         )
 
 

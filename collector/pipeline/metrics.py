@@ -237,7 +237,17 @@ def counter_families(counters: Counter[tuple[str, str]]) -> Iterator[CounterMetr
     for (name, source), value in sorted(counters.items()):
         if name == "plan_violations":
             violations.add_metric([source], value)
-    yield from (requests, series, limited, violations)
+    privacy = CounterMetricFamily(
+        "collector_privacy",
+        "Messages a privacy policy dropped or changed, by source and reason (suppressed, consent_refused, "
+        "consent_missing, gpc_dropped, gpc_anonymized, dnt_dropped, dnt_anonymized, ip_truncated, ip_dropped, "
+        "redacted).",
+        labels=["source", "reason"],
+    )
+    for (name, source), value in sorted(counters.items()):
+        if name.startswith("privacy:"):
+            privacy.add_metric([source, name.partition(":")[2]], value)
+    yield from (requests, series, limited, violations, privacy)
 
 
 class Pool:

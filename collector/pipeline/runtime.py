@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from collector.pipeline.debug_hub import DebugHub, DebugPeers
 from collector.pipeline.metrics import Metrics
 from collector.pipeline.plans import PlanRegistry
+from collector.pipeline.privacy import Guard
+from collector.pipeline.privacy_jobs import PrivacyService
 from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
 from collector.pipeline.records import IntakeReport
@@ -32,6 +34,8 @@ class Runtime:
     debug_hub: DebugHub
     debug_peers: DebugPeers | None  # with --workers N: the other workers' arrivals
     readiness: Readiness
+    privacy: Guard  # compiled privacy policies and suppressed identities
+    privacy_service: PrivacyService  # suppressions, deletions, retention
     # plan_violations / rate_limited / telemetry_*, per (counter, source id); event outcomes are in metrics
     counters: Counter[tuple[str, str]]
     ready: bool = False
@@ -47,6 +51,12 @@ class Runtime:
 
     def plan_of(self, source: Source) -> Plan | None:
         return self.plans.get(source.tracking_plan) if self.plans is not None else None
+
+    def count_reasons(self, name: str, source_id: str, reasons: Counter[str]) -> None:
+        """`name:reason` counters (privacy drops and changes), exported with a `reason` label."""
+        for reason, amount in reasons.items():
+            if amount:
+                self.counters[(f"{name}:{reason}", source_id)] += amount
 
     def count(self, name: str, source_id: str, amount: int = 1) -> None:
         if amount:
