@@ -25,6 +25,7 @@ ERROR_STATUSES = {
     "413": "Over a size limit (`limit` names the setting).",
     "415": "Unsupported Content-Type or Content-Encoding.",
     "429": "Rate limited; retry after `Retry-After` seconds.",
+    "501": "Not possible on this storage (e.g. a deletion with NATS event storage); nothing was done.",
     "503": "Storage unavailable; nothing was acknowledged, retry after `Retry-After` seconds.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
@@ -265,6 +266,94 @@ def profile_paths(prefix: str) -> dict[str, Any]:
     }
 
 
+PRIVACY_RECORD = {
+    "type": "object",
+    "required": ["id", "workspaceId", "action", "identity", "status"],
+    "properties": {
+        "id": STRING,
+        "workspaceId": STRING,
+        "action": {"enum": ["suppression", "deletion"]},
+        "identity": {"type": "object", "properties": {"kind": {"enum": ["userId", "anonymousId"]}, "digest": STRING}},
+        "actor": STRING,
+        "createdAt": STRING,
+        "updatedAt": STRING,
+        "status": {"enum": ["active", "removed", "running", "done", "failed"]},
+        "events": {"type": "integer"},
+        "quarantined": {"type": "integer"},
+        "profiles": {"type": "integer"},
+    },
+}
+IDENTITY_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["workspaceId"],
+    "additionalProperties": False,
+    "properties": {
+        "workspaceId": STRING,
+        "userId": {"type": ["string", "integer"]},
+        "anonymousId": {"type": ["string", "integer"]},
+    },
+}
+
+
+def privacy_paths() -> dict[str, Any]:
+    """Suppressions, deletions and their audit (http/privacy.py)."""
+    record = json_body(PRIVACY_RECORD, "The record (the identity only as its keyed digest).")
+    listed = json_body(
+        {"type": "object", "properties": {"data": {"type": "array", "items": PRIVACY_RECORD}}}, "Records."
+    )
+    workspace = query("workspaceId", "Only in this workspace.")
+    record_id = path_param("record_id", "The record's id.")
+    deletion_body = {**IDENTITY_BODY, "properties": {**IDENTITY_BODY["properties"], "suppress": {"type": "boolean"}}}
+    return {
+        "/v1/suppressions": {
+            "post": {
+                "summary": "Suppress an identity: its messages are answered 200 and not stored (admin token).",
+                "security": ADMIN_AUTH,
+                "requestBody": {"required": True, "content": {JSON: {"schema": IDENTITY_BODY}}},
+                "responses": {"201": record, **errors("400", "401", "501")},
+            },
+            "get": {
+                "summary": "Active suppressions (admin token).",
+                "security": ADMIN_AUTH,
+                "parameters": [workspace],
+                "responses": {"200": listed, **errors("401")},
+            },
+        },
+        "/v1/suppressions/{record_id}": {
+            "delete": {
+                "summary": "Remove a suppression (kept in the audit as removed).",
+                "security": ADMIN_AUTH,
+                "parameters": [record_id],
+                "responses": {"200": record, **errors("401", "404")},
+            }
+        },
+        "/v1/deletions": {
+            "post": {
+                "summary": "Delete an identity's events, quarantined messages and profile (admin token).",
+                "security": ADMIN_AUTH,
+                "requestBody": {"required": True, "content": {JSON: {"schema": deletion_body}}},
+                "responses": {"202": record, **errors("400", "401", "501")},
+            }
+        },
+        "/v1/deletions/{record_id}": {
+            "get": {
+                "summary": "A deletion's status and counts (admin token).",
+                "security": ADMIN_AUTH,
+                "parameters": [record_id],
+                "responses": {"200": record, **errors("401", "404")},
+            }
+        },
+        "/v1/privacy/audit": {
+            "get": {
+                "summary": "Every suppression and deletion, in order (admin token).",
+                "security": ADMIN_AUTH,
+                "parameters": [workspace],
+                "responses": {"200": listed, **errors("401")},
+            }
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     from collector import __version__
 
@@ -346,6 +435,7 @@ def document() -> dict[str, Any]:
     }
     for prefix in ("", "/api/v1"):
         paths.update(profile_paths(prefix))
+    paths.update(privacy_paths())
     token_param = query("token", "The admin token (EventSource cannot send headers).")
     paths["/debugger"] = {
         "get": {
