@@ -190,8 +190,22 @@ def _get(port: int, path: str) -> int:
         return 0
 
 
-def write_config(path: Path) -> None:
+# --privacy: the bench source with a demanding policy (README "Privacy"); none of it drops a bench event.
+PRIVACY_BLOCK = {
+    "ip": "truncate",
+    "globalPrivacyControl": "anonymize",
+    "doNotTrack": "drop",
+    "consent": {"require": ["Analytics"], "whenMissing": "allow"},
+    "redact": [{"path": "properties.email", "action": "hash"}, {"detect": "email", "action": "mask"}],
+    "hashSecret": "benchmark-hash-secret-0001",
+}
+
+
+def write_config(path: Path, privacy: bool = False) -> None:
     # JSON is YAML: no yaml import needed here.
+    bench_source: dict[str, Any] = {"id": "src_bench", "name": "Bench", "writeKeys": [WRITE_KEY]}
+    if privacy:
+        bench_source["privacy"] = {k: v for k, v in PRIVACY_BLOCK.items() if k != "hashSecret"}
     path.write_text(
         json.dumps(
             {
@@ -201,8 +215,9 @@ def write_config(path: Path) -> None:
                         "id": WORKSPACE,
                         "name": "Bench",
                         "tokens": [TOKEN],
+                        **({"privacy": {"hashSecret": PRIVACY_BLOCK["hashSecret"]}} if privacy else {}),
                         "sources": [
-                            {"id": "src_bench", "name": "Bench", "writeKeys": [WRITE_KEY]},
+                            bench_source,
                             {
                                 "id": "src_plan",
                                 "name": "Bench with plan",
@@ -219,13 +234,18 @@ def write_config(path: Path) -> None:
 
 
 def start_collector(
-    workdir: Path, core_set: set[int] | None, synchronous: str, checkout: Path = ROOT, name: str = "collector"
+    workdir: Path,
+    core_set: set[int] | None,
+    synchronous: str,
+    checkout: Path = ROOT,
+    name: str = "collector",
+    privacy: bool = False,
 ) -> Process:
     """The collector of `checkout` (this one, or --baseline's), with its own config and database."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     config = home / "collector.yaml"
-    write_config(config)
+    write_config(config, privacy)
     # First on the path, so `-m collector` imports that checkout's package, not the installed one.
     env = {"PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env["COLLECTOR_SQLITE_SYNCHRONOUS"] = synchronous
@@ -653,9 +673,10 @@ def flush_latency_ms(directory: Path, count: int = 200) -> tuple[float, float]:
 
 @contextmanager
 def servers(
-    bench: Bench, synchronous: str, baseline: Path | None = None
+    bench: Bench, synchronous: str, baseline: Path | None = None, privacy: bool = False
 ) -> Iterator[tuple[Process, Process, Process, Process, Process | None]]:
-    """raw, bare, durable, this checkout's collector, and --baseline's collector (or None)."""
+    """raw, bare, durable, this checkout's collector (with --privacy's block), and --baseline's
+    collector (or None), which never gets the block."""
     with ExitStack() as stack:
 
         def stopped_at_exit(process: Process) -> Process:
@@ -666,7 +687,7 @@ def servers(
         raw = stopped_at_exit(start_bare(bench.workdir, cores, "raw"))
         bare = stopped_at_exit(start_bare(bench.workdir, cores))
         durable = stopped_at_exit(start_bare(bench.workdir, cores, "durable"))
-        collector = stopped_at_exit(start_collector(bench.workdir, cores, synchronous))
+        collector = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, privacy=privacy))
         base = None
         if baseline:
             base = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, baseline, "baseline"))
@@ -679,7 +700,7 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         order = ["raw", "bare", "durable", "single", "single_base", "planned", "batch", "batch_base", "profile"]
     paced_order = ["paced", "paced_bare", "paced_durable"]
     results: dict[str, list[LoadResult]] = {name: [] for name in [*order, *paced_order]}
-    with servers(bench, args.synchronous, args.baseline) as (raw, bare, durable, collector, baseline):
+    with servers(bench, args.synchronous, args.baseline, args.privacy) as (raw, bare, durable, collector, baseline):
         users = create_users(collector.port, args.users)
 
         def scenario(name: str, duration: float) -> LoadSpec:
@@ -930,6 +951,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="another checkout (e.g. a git worktree of main): its collector runs single and batch in the same"
         " interleaved rounds, and the ratios of this checkout to it are printed",
+    )
+    parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="give this checkout's bench source a privacy block (IP truncation, GPC, consent, redaction);"
+        " with --baseline, the ratio is the cost of that block",
     )
     parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead of the benchmark")
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="single events/s (and as many batched)")
