@@ -65,6 +65,7 @@ class Guard:
 
     def __init__(self, settings: Settings) -> None:
         self.redactors: dict[str, Redactor] = {}
+        self.active = frozenset(s.id for s in settings.write_keys.values() if s.privacy.changes_messages)
         for source in settings.write_keys.values():
             rules = parse_rules(list(source.privacy.redact), f"source {source.id} privacy.redact")
             if rules:
@@ -73,7 +74,8 @@ class Guard:
         self.suppressed: dict[str, frozenset[str]] = {}  # workspace id → digests of "kind\0value"
 
     def applies(self, source: Source) -> bool:
-        return source.privacy.changes_messages or source.workspace_id in self.suppressed
+        """Whether the stage has anything to do for this source's request (two set lookups when not)."""
+        return source.id in self.active or source.workspace_id in self.suppressed
 
     def digest(self, workspace_id: str, kind: str, value: str) -> str:
         return identity_digest(self.secrets.get(workspace_id, workspace_id.encode()), kind, value)
