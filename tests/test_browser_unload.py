@@ -21,11 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import ADMIN, ROOT, WRITE_KEY, Server, scrape, start_server, write_config
+import yaml
+from helpers import ADMIN, ROOT, WRITE_KEY, Server, bearer, config_doc, scrape, start_server
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 NAVIGATIONS = 20
+SERVER_KEY = "WK_SERVER_ONLY"
 # method → the Content-Type Chromium sends (none for a Blob without a type): all without a preflight
 METHODS = {
     "beacon-string": "text/plain;charset=UTF-8",
@@ -57,7 +59,10 @@ def page_origin() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("unload")
-    config = write_config(tmp / "collector.yaml", ingestPrefixes=["/v1", "/e7"])
+    doc = config_doc(ingestPrefixes=["/v1", "/e7"])
+    doc["workspaces"][0]["sources"].append({"id": "src_api", "writeKeys": [{"key": SERVER_KEY, "kind": "server"}]})
+    config = tmp / "collector.yaml"
+    config.write_text(yaml.safe_dump(doc), encoding="utf-8")
     server = start_server(tmp, config, f"sqlite:///{tmp / 'events.db'}", env={"COLLECTOR_SQLITE_SYNCHRONOUS": "NORMAL"})
     yield server
     server.stop()
@@ -72,6 +77,7 @@ def report(collector: Server, page_origin: str) -> dict[str, Any]:
         "collector": collector.url,
         "pageOrigin": page_origin,
         "writeKey": WRITE_KEY,
+        "serverKey": SERVER_KEY,
         "adminToken": ADMIN,
         "methods": list(METHODS),
         "navigations": NAVIGATIONS,
@@ -82,7 +88,7 @@ def report(collector: Server, page_origin: str) -> dict[str, Any]:
         [node, str(BROWSER_DIR / "unload.mjs"), json.dumps(config)], cwd=BROWSER_DIR, capture_output=True, timeout=180
     )
     assert finished.returncode == 0, finished.stderr.decode(errors="replace")
-    result: dict[str, Any] = json.loads(finished.stdout)
+    result: dict[str, Any] = json.loads(finished.stdout) | {"runId": config["runId"]}
     assert "error" not in result, result["error"] + "\n" + collector.log()
     return result
 
@@ -99,13 +105,28 @@ def test_every_last_event_sent_on_pagehide_is_stored(report: dict[str, Any], met
 
 def test_no_request_needed_a_preflight(report: dict[str, Any], collector: Server) -> None:
     samples = scrape(httpx.Client(), collector.url)
-    counts: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str, str], float] = {}
     for (name, labels), count in samples.items():
         if name == "collector_request_duration_seconds_count":
-            key = (dict(labels)["method"], dict(labels)["route"])
+            key = (dict(labels)["method"], dict(labels)["route"], dict(labels)["status"])
             counts[key] = counts.get(key, 0) + count
-    assert counts[("POST", "/e7/t")] == NAVIGATIONS * len(METHODS)
+    assert counts[("POST", "/e7/t", "200")] == NAVIGATIONS * len(METHODS)
     assert not [key for key in counts if key[0] == "OPTIONS"], counts
+
+
+def test_a_beacon_with_a_server_key_is_refused(report: dict[str, Any], collector: Server) -> None:
+    assert report["budget"]["serverKeyBeaconQueued"] is True  # the browser sent it; the collector said no
+    answer = httpx.get(
+        f"{collector.url}/v1/events", params={"anonymousId": f"{report['runId']}-server-key"}, headers=bearer(ADMIN)
+    )
+    assert answer.status_code == 200 and answer.json()["data"] == []
+    samples = scrape(httpx.Client(), collector.url)
+    refused = [
+        count
+        for (name, labels), count in samples.items()
+        if name == "collector_request_duration_seconds_count" and ("status", "403") in labels
+    ]
+    assert refused == [1.0]
 
 
 def test_keepalive_budget_is_64_kb_in_flight(report: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 //
 //   node unload.mjs '<json config>'   → prints one JSON report on stdout
 //
-// config: {collector, pageOrigin, writeKey, adminToken, methods: [...], navigations, path, runId}
+// config: {collector, pageOrigin, writeKey, serverKey, adminToken, methods: [...], navigations, path, runId}
 // For each method, one browser context opens unload.html (on pageOrigin, another origin than the
 // collector) `navigations` times in a row, each page navigating straight to the next; the last
 // page navigates to about:blank. Every page sends one event, on pagehide. Then it waits until the
@@ -66,7 +66,7 @@ async function keepaliveBudget(browser) {
   const context = await browser.newContext();
   const page = await context.newPage();
   await page.goto(`${config.pageOrigin}/unload.html?method=none`);
-  const result = await page.evaluate(async (collector) => {
+  const result = await page.evaluate(async ([collector, serverKey, serverRun]) => {
     const url = `${collector}/v1/m`; // counted, never stored, always 200
     const body = (kb) => JSON.stringify({ series: [], pad: "x".repeat(kb * 1024) });
     const pause = () => new Promise((resolve) => setTimeout(resolve, 500));
@@ -85,8 +85,12 @@ async function keepaliveBudget(browser) {
     // Two at once: the budget is for everything in flight with keepalive from the page.
     const two = [0, 1].map(() => outcome(fetch(url, { method: "POST", body: body(40), keepalive: true })));
     out.keepaliveTwo40kAtOnce = await Promise.all(two);
+    // A beacon carries an Origin too: a server key in its body is refused like any web page's.
+    const event = { type: "track", event: "Leaked Key", anonymousId: serverRun, messageId: serverRun, writeKey: serverKey };
+    out.serverKeyBeaconQueued = navigator.sendBeacon(`${collector}/e7/t`, JSON.stringify(event));
+    await pause();
     return out;
-  }, config.collector);
+  }, [config.collector, config.serverKey, `${config.runId}-server-key`]);
   await context.close();
   return result;
 }
