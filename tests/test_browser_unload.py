@@ -104,7 +104,8 @@ def test_every_last_event_sent_on_pagehide_is_stored(report: dict[str, Any], met
 
 
 def test_no_request_needed_a_preflight(report: dict[str, Any], collector: Server) -> None:
-    samples = scrape(httpx.Client(), collector.url)
+    with httpx.Client() as client:
+        samples = scrape(client, collector.url)
     counts: dict[tuple[str, str, str], float] = {}
     for (name, labels), count in samples.items():
         if name == "collector_request_duration_seconds_count":
@@ -120,7 +121,8 @@ def test_a_beacon_with_a_server_key_is_refused(report: dict[str, Any], collector
         f"{collector.url}/v1/events", params={"anonymousId": f"{report['runId']}-server-key"}, headers=bearer(ADMIN)
     )
     assert answer.status_code == 200 and answer.json()["data"] == []
-    samples = scrape(httpx.Client(), collector.url)
+    with httpx.Client() as client:
+        samples = scrape(client, collector.url)
     refused = [
         count
         for (name, labels), count in samples.items()
