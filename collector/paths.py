@@ -99,19 +99,14 @@ class IngestPaths:
         prefixes = check_prefixes(prefixes)
 
         def under(paths: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(prefix + path.removeprefix(SPEC_PREFIX) for prefix in prefixes for path in paths)
+            # The call and batch paths are one segment below the prefix, so two prefixes never make
+            # one path of two kinds; a pixel path may repeat (/x + /pixel/t, /x/pixel + /t): once.
+            moved = (prefix + path.removeprefix(SPEC_PREFIX) for prefix in prefixes for path in paths)
+            return tuple(dict.fromkeys(moved))
 
-        events: dict[str, str] = {}
-        for prefix in prefixes:
-            for path, kind in EVENT_PATHS.items():
-                moved = prefix + path.removeprefix(SPEC_PREFIX)
-                if events.setdefault(moved, kind) != kind:
-                    raise ConfigError(
-                        f"ingestPrefixes: {prefix!r} makes {moved} both a {events[moved]} and a {kind} path"
-                    )
         return cls(
             prefixes=prefixes,
-            events=events,
+            events={path: kind for kind, paths in [*CALL_PATHS.items(), (BATCH, BATCH_PATHS)] for path in under(paths)},
             pixels={call: under(paths) for call, paths in PIXEL_PATHS.items()},
             telemetry=tuple(f"{prefix}/m" for prefix in prefixes),
             settings={f"{prefix}/projects/{{write_key}}/settings": prefix for prefix in prefixes},

@@ -27,7 +27,7 @@ from helpers import ADMIN, WRITE_KEY, Server, basic, bearer, config_doc, start_s
 
 from collector import app as app_module
 from collector.errors import ConfigError
-from collector.paths import DEFAULT_PATHS, RESERVED_PATHS, IngestPaths
+from collector.paths import DEFAULT_PATHS, EVENT_PATHS, RESERVED_PATHS, IngestPaths
 from collector.settings import load
 
 SERVER_KEY = "WK_SERVER_ONLY"
@@ -188,12 +188,14 @@ def test_settings_answer_the_prefix_they_were_reached_on(collector: Server) -> N
 
 def test_default_prefix_serves_only_v1() -> None:
     assert load(None, environ={}).ingest_prefixes == ("/v1",)
-    assert set(DEFAULT_PATHS.events) == {p for p in DEFAULT_PATHS.events if p.startswith("/v1/")}
+    assert DEFAULT_PATHS.events == EVENT_PATHS  # the spec's own table, unchanged
     settings = load(None, environ={"COLLECTOR_INGEST_PREFIXES": "/v1, /e7,/a/b-c"})
     assert settings.ingest_prefixes == ("/v1", "/e7", "/a/b-c")
     table = IngestPaths.of(settings.ingest_prefixes)
     assert table.events["/a/b-c/batch"] == "batch" and table.events["/e7/t"] == "track"
     assert "/a/b-c/pixel/page" in table.pixels["page"]
+    nested = IngestPaths.of(("/x", "/x/pixel"))  # /x + /pixel/t and /x/pixel + /t: one route
+    assert nested.pixels["track"].count("/x/pixel/t") == 1 and nested.events["/x/pixel/t"] == "track"
 
 
 @pytest.mark.parametrize(
