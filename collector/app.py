@@ -16,7 +16,7 @@ from starlette.routing import Route
 from collector.errors import CollectorError, ConfigError
 from collector.http import browser, debugger, events, front, metrics, openapi, privacy, profiles, readback
 from collector.http.front import FrontDoor
-from collector.paths import EVENT_PATHS
+from collector.paths import DEFAULT_PATHS, IngestPaths
 from collector.pipeline.debug_hub import DebugHub, DebugPeers
 from collector.pipeline.metrics import Metrics
 from collector.pipeline.plans import PlanRegistry
@@ -34,10 +34,10 @@ from collector.storage import open_event_store, open_profile_store, open_shared_
 from collector.storage.base import ProfileStore, Storage
 
 
-def routes() -> list[Route]:
-    """Every path but the event POSTs (paths.EVENT_PATHS), which the front door answers itself."""
-    table = [
-        Route("/v1/m", events.telemetry, methods=["POST"]),
+def routes(ingest: IngestPaths = DEFAULT_PATHS) -> list[Route]:
+    """Every path but the event POSTs (`ingest.events`), which the front door answers itself."""
+    table = [Route(path, events.telemetry, methods=["POST"]) for path in ingest.telemetry]
+    table += [
         Route("/v1/events", readback.list_events, methods=["GET"]),
         Route("/v1/events/{message_id:path}", readback.get_event, methods=["GET"]),
         Route("/v1/quarantine", readback.list_quarantine, methods=["GET"]),
@@ -45,7 +45,7 @@ def routes() -> list[Route]:
         Route("/ready", events.ready, methods=["GET"]),
     ]
     table += profiles.routes() + privacy.routes()
-    table += browser.routes() + debugger.routes() + metrics.routes() + openapi.routes()
+    table += browser.routes(ingest) + debugger.routes() + metrics.routes() + openapi.routes()
     return table
 
 
@@ -105,6 +105,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def create_app(settings: Settings) -> FrontDoor:
+    ingest = IngestPaths.of(settings.ingest_prefixes)  # every prefix's paths, built once (a bad prefix: ConfigError)
     runtime = build_runtime(settings)
 
     @asynccontextmanager
@@ -134,7 +135,7 @@ def create_app(settings: Settings) -> FrontDoor:
                 runtime.ready = False
 
     routed = Starlette(
-        routes=routes(),
+        routes=routes(ingest),
         lifespan=lifespan,
         exception_handlers={
             CollectorError: front.on_collector_error,
@@ -144,4 +145,5 @@ def create_app(settings: Settings) -> FrontDoor:
     )
     routed.router.redirect_slashes = False  # its Location would echo the Host header
     routed.state.runtime = runtime
-    return FrontDoor(routed, runtime, EVENT_PATHS)
+    routed.state.event_paths = ingest.events
+    return FrontDoor(routed, runtime, ingest.events)

@@ -30,6 +30,7 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "admin_tokens": _LIST,
     "trusted_proxies": _LIST,
     "allowed_hosts": _LIST,
+    "ingest_prefixes": _LIST,
     "rate_limit": {"type": ["string", "number", "null"]},
     "invalid_messages": {"enum": [*INVALID_MESSAGE_MODES, None]},
 }

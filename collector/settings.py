@@ -91,6 +91,13 @@ SETTINGS = (
         "retention_interval_seconds", 60.0, "How often expired events and quarantine are deleted (privacy.retention)."
     ),
     Setting(
+        "ingest_prefixes",
+        "/v1",
+        "Comma-separated path prefixes that each serve every ingest path (events, batch, pixel, /m, the settings "
+        "document): `/v1,/e7` also answers /e7/t. Each starts with /, has no trailing slash, and stays clear of "
+        "/v1/events, /health and the other admin paths.",
+    ),
+    Setting(
         "workers_dir",
         "",
         "Directory the worker processes of one server share (/metrics, rate limits); `serve --workers N` makes one.",
@@ -181,6 +188,7 @@ class Settings:
     allowed_hosts: frozenset[str] = frozenset()  # lower case
     retention_interval_seconds: float = _DEFAULTS["retention_interval_seconds"]
     workers_dir: str = _DEFAULTS["workers_dir"]
+    ingest_prefixes: tuple[str, ...] = (_DEFAULTS["ingest_prefixes"],)
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
     # Write keys are public (they ship in browser JS), so a plain lookup is fine.
     write_keys: Mapping[str, Source] = field(default_factory=dict)
@@ -313,6 +321,7 @@ def _scalars(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     scalars["rate_limit"] = parse_rate_limit(raw["rate_limit"], "rate_limit")
     scalars["public_url"] = scalars["public_url"].rstrip("/")
     scalars["allowed_hosts"] = frozenset(host.lower() for host in _as_list(raw["allowed_hosts"]))
+    scalars["ingest_prefixes"] = tuple(_as_list(raw["ingest_prefixes"]))  # checked by paths.IngestPaths
     scalars["admin_tokens"] = raw["admin_tokens"]  # a list in the file, a comma-separated string in the env
     return scalars
 

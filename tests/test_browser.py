@@ -2,7 +2,8 @@
 on a page served from a different loopback origin than the collector.
 
 One driver run (tests/browser/driver.mjs) covers default delivery, batching delivery, loading with
-only `cdnURL` (the settings endpoint), and the live debugger; the tests below assert on its report
+only `cdnURL` (the settings endpoint), loading with the settings document of the alias prefix /e7
+(so every call goes to /e7/…), and the live debugger; the tests below assert on its report
 and on what the collector stored. Screenshots go to test-artifacts/.
 """
 
@@ -29,7 +30,7 @@ BROWSER_DIR = ROOT / "tests" / "browser"
 UMD_DIR = BROWSER_DIR / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-SCENARIOS = ("default", "batching", "settings")
+SCENARIOS = ("default", "batching", "settings", "prefix")
 CALL_TYPES = ["alias", "group", "identify", "page", "track"]
 
 
@@ -59,7 +60,7 @@ def page_origin() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("browser")
-    config = write_config(tmp / "collector.yaml")
+    config = write_config(tmp / "collector.yaml", ingestPrefixes=["/v1", "/e7"])
     server = start_server(tmp, config, f"sqlite:///{tmp / 'events.db'}", env={"COLLECTOR_SQLITE_SYNCHRONOUS": "NORMAL"})
     yield server
     server.stop()
@@ -120,14 +121,15 @@ def test_every_call_is_stored_exactly_once_without_retries_or_console_errors(
     assert by_type["identify"]["userId"] == f"user-{mode}"
     assert by_type["group"]["groupId"] == "grp-1"
 
-    posts = [r for r in log["collectorRequests"] if r["method"] == "POST" and r["path"] != "/v1/m"]
+    prefix = "/e7" if mode == "prefix" else "/v1"
+    posts = [r for r in log["collectorRequests"] if r["method"] == "POST" and r["path"] != f"{prefix}/m"]
     assert all(r["status"] == 200 for r in posts), posts
     assert [r for r in posts if r["retryCount"] is not None] == []  # nothing was re-sent
     assert all(r["hasAuthorization"] and r["contentType"] == "text/plain" for r in posts)
     if mode == "batching":
         assert [r["path"] for r in posts] == ["/v1/b"]
     else:
-        assert sorted(r["path"] for r in posts) == ["/v1/a", "/v1/g", "/v1/i", "/v1/p", "/v1/t"]
+        assert sorted(r["path"] for r in posts) == [f"{prefix}/{short}" for short in ("a", "g", "i", "p", "t")]
     assert (ARTIFACTS / f"browser-{mode}.png").stat().st_size > 1000
 
 
@@ -137,6 +139,15 @@ def test_settings_mode_fetched_settings_from_the_collector(report: dict[str, Any
     assert [(r["method"], r["status"]) for r in fetched] == [("GET", 200)]
     inline = report["scenarios"]["default"]["collectorRequests"]
     assert not any("/projects/" in r["path"] for r in inline)  # cdnSettings given inline: no fetch
+
+
+def test_settings_reached_on_an_alias_prefix_answer_that_prefix(report: dict[str, Any], collector: Server) -> None:
+    log = report["scenarios"]["prefix"]
+    fetched = [r for r in log["collectorRequests"] if "/projects/" in r["path"]]
+    assert [(r["method"], r["path"], r["status"]) for r in fetched] == [
+        ("GET", f"/e7/projects/{WRITE_KEY}/settings", 200)
+    ]
+    assert log["result"]["apiHost"] == collector.url.removeprefix("http://") + "/e7"
 
 
 def test_nothing_was_deduplicated_so_nothing_was_sent_twice(report: dict[str, Any], collector: Server) -> None:

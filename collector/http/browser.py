@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any
 
@@ -22,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.errors import BadRequest, NotFound
-from collector.paths import PIXEL_PATHS
+from collector.paths import SPEC_PREFIX, IngestPaths
 from collector.pipeline import intake
 from collector.pipeline.auth import ServerKeyInBrowser
 from collector.pipeline.ingest import ingest
@@ -58,10 +56,11 @@ def collector_base_url(request: Request, runtime: Runtime) -> str:
     return f"{request.url.scheme}://{host}"
 
 
-def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
-    """The subset of Segment's CDN settings that analytics-next 1.84 reads, for the Segment.io plugin only."""
+def settings_document(write_key: str, base_url: str, prefix: str = SPEC_PREFIX) -> dict[str, Any]:
+    """The subset of Segment's CDN settings that analytics-next 1.84 reads, for the Segment.io plugin only.
+    `prefix`: the ingest prefix the document was asked for on, which the SDK then sends to."""
     protocol, _, host_and_prefix = base_url.partition("://")
-    api_host = host_and_prefix.rstrip("/") + "/v1"  # analytics.js wants host[:port][/prefix]/v1, no scheme
+    api_host = host_and_prefix.rstrip("/") + prefix  # analytics.js wants host[:port][/path]/<prefix>, no scheme
     return {
         "integrations": {
             "Segment.io": {
@@ -90,15 +89,15 @@ def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
     }
 
 
-async def project_settings(request: Request) -> Response:
-    """GET /v1/projects/{writeKey}/settings."""
+async def project_settings(request: Request, prefix: str = SPEC_PREFIX) -> Response:
+    """GET /<prefix>/projects/{writeKey}/settings, answered with apiHost on the same prefix."""
     runtime: Runtime = request.app.state.runtime
     write_key = request.path_params["write_key"]
     if write_key not in runtime.settings.write_keys:
         raise NotFound("Unknown write key", "No source has this write key. Check the key in your SDK set-up.")
     if runtime.settings.key_kinds.get(write_key) == "server":  # a server key pasted into a page
         raise ServerKeyInBrowser(more_info="This is a server key: web pages must load a browser key's settings.")
-    document = settings_document(write_key, collector_base_url(request, runtime))
+    document = settings_document(write_key, collector_base_url(request, runtime), prefix)
     return Response(
         orjson.dumps(document),
         media_type="application/json",
@@ -107,48 +106,29 @@ async def project_settings(request: Request) -> Response:
     )
 
 
-def decode_data(raw: str | None, max_bytes: int) -> tuple[intake.Parsed, int]:
-    """The message in `data=`: base64 (standard or URL-safe, padding optional) of a JSON object."""
-    if not raw:
-        raise BadRequest(
-            "Missing data",
-            "A pixel request carries the message as base64-encoded JSON in the `data` query parameter.",
-            code="invalid_parameter",
-            parameter="data",
-        )
-    # An unescaped `+` arrives as a space after query decoding.
-    text = raw.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
-    if len(text) * 3 // 4 > max_bytes:
-        raise intake.too_large("maxEventBytes", max_bytes, "The event")
-    try:
-        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(
-            "Invalid data",
-            "`data` must be base64 (standard or URL-safe) of a JSON object.",
-            code="invalid_parameter",
-            parameter="data",
-        ) from None
-    return intake.parse_json(decoded), len(decoded)
-
-
 async def pixel(request: Request, kind: str) -> Response:
     """GET beacon: same validation, enrichment and storage as a POST; a 1×1 GIF when stored."""
     runtime: Runtime = request.app.state.runtime
-    parsed, size = decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
+    parsed, size = intake.decode_data(request.query_params.get("data"), runtime.settings.max_event_bytes)
     await ingest(runtime, Caller.of(request.scope), parsed, size, kind)
     # no-store: an e-mail client or proxy that caches the image would hide later opens.
     return Response(PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 
 
-def routes() -> list[Route]:
+def routes(ingest: IngestPaths) -> list[Route]:
     def pixel_of(kind: str) -> Any:
         async def handler(request: Request) -> Response:
             return await pixel(request, kind)
 
         return handler
 
-    table = [Route("/v1/projects/{write_key}/settings", project_settings, methods=["GET"])]
-    for kind, paths in PIXEL_PATHS.items():
+    def settings_on(prefix: str) -> Any:
+        async def handler(request: Request) -> Response:
+            return await project_settings(request, prefix)
+
+        return handler
+
+    table = [Route(path, settings_on(prefix), methods=["GET"]) for path, prefix in ingest.settings.items()]
+    for kind, paths in ingest.pixels.items():
         table += [Route(path, pixel_of(kind), methods=["GET"]) for path in paths]
     return table

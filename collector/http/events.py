@@ -28,9 +28,10 @@ async def collect(runtime: Runtime, caller: Caller, receive: Receive, kind: str)
     """POST /v1/{track,…}, /v1/{t,…} (kind = the call type) and /v1/{batch,import,b} (kind = paths.BATCH).
     Returns when every event is durably stored (the answer is then 200 {"success": true});
     raises CollectorError for every other answer."""
-    body = await intake.read_body(receive, caller, runtime.settings.max_request_bytes)  # 413 / 415 / 400
-    parsed = intake.parse_json(body)  # 400 only for what is not JSON at all
-    await ingest(runtime, caller, parsed, len(body), kind)
+    max_bytes = runtime.settings.max_request_bytes
+    body = await intake.read_body(receive, caller, max_bytes)  # 413 / 415 / 400
+    parsed, size = intake.parse_body(body, caller.content_type, max_bytes)  # 400 only for what is not JSON at all
+    await ingest(runtime, caller, parsed, size, kind)
 
 
 async def telemetry(request: Request) -> Response:

@@ -27,7 +27,6 @@ from collector.http import events
 from collector.http.cors import CorsPolicy
 from collector.http.metrics import route_template
 from collector.ids import unique_hex
-from collector.paths import EVENT_PATHS
 from collector.pipeline.intake import Caller
 from collector.pipeline.runtime import Runtime
 
@@ -181,7 +180,7 @@ async def on_collector_error(request: Request, exc: Exception) -> Response:
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: CollectorError
-    if exc.status_code == 404 and request.url.path in EVENT_PATHS:  # the front door serves its POSTs
+    if exc.status_code == 404 and request.url.path in request.app.state.event_paths:  # the front door's POSTs
         error = MethodNotAllowed(
             more_info=f"{request.method} is not accepted on {request.url.path}.", headers={"Allow": "POST"}
         )

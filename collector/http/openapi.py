@@ -185,7 +185,8 @@ def event_operation(summary: str, body: str) -> dict[str, Any]:
         "parameters": [WRITE_KEY_QUERY],
         "requestBody": {
             "required": True,
-            "description": "JSON whatever the Content-Type (browsers send text/plain); gzip/deflate allowed.",
+            "description": "JSON whatever the Content-Type (browsers send text/plain, or none), or a form "
+            "(application/x-www-form-urlencoded) with the JSON or its base64 in `data`; gzip/deflate allowed.",
             "content": {JSON: {"schema": ref(body)}, "text/plain": {"schema": STRING}},
         },
         "responses": {**SUCCESS, **errors(*EVENT_ERRORS)},

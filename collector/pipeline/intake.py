@@ -1,5 +1,9 @@
 """The intake stage: ASGI request → who sent it (Caller) and its body → decoded JSON → messages.
 
+A body is one JSON object whatever its Content-Type (text/plain and no type at all are what a
+browser sends without a preflight), or a form (`application/x-www-form-urlencoded`, as PostHog's
+snippet sends it) whose `data` field holds the JSON or its base64.
+
 Limits are measured after decompression. A body is read in chunks so a chunked upload
 without Content-Length cannot exceed the cap, and inflation stops one byte past the cap so
 a gzip bomb costs at most `max_bytes` of memory.
@@ -7,6 +11,8 @@ a gzip bomb costs at most `max_bytes` of memory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -53,6 +59,7 @@ class Caller:
     origin: str | None = None  # the Origin header: a browser's web page sent it
     gpc: bool = False  # Sec-GPC: 1 (Global Privacy Control)
     dnt: bool = False  # DNT: 1 (Do Not Track)
+    content_type: bytes | None = None  # as sent; only a body that is not JSON looks at it
 
     @classmethod
     def of(cls, scope: Scope, headers: dict[bytes, bytes] | None = None) -> Caller:
@@ -62,6 +69,7 @@ class Caller:
         get = headers.get
         authorization, user_agent = get(b"authorization"), get(b"user-agent")
         encoding, length, origin = get(b"content-encoding"), get(b"content-length"), get(b"origin")
+        content_type = get(b"content-type")
         query_key = None
         if scope.get("query_string"):
             query_key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
@@ -80,6 +88,7 @@ class Caller:
             origin=origin.decode("latin-1") if origin is not None else None,
             gpc=get(b"sec-gpc", b"").strip() == b"1",
             dnt=get(b"dnt", b"").strip() == b"1",
+            content_type=content_type,
         )
 
 
@@ -186,6 +195,66 @@ def parse_json(body: bytes) -> Parsed:
             f"The top level must be a JSON object, got {type(payload).__name__}.",
         )
     return Parsed(payload, needs_scrub)
+
+
+def parse_body(body: bytes, content_type: bytes | None, max_bytes: int) -> tuple[Parsed, int]:
+    """(the body's JSON object, its size in bytes): the body itself, or a form's `data` field."""
+    if body[:1] == b"{" or not is_form(content_type) or body.lstrip()[:1] == b"{":  # JSON: one byte compared
+        return parse_json(body), len(body)
+    return parse_form(body, max_bytes)
+
+
+def is_form(content_type: bytes | None) -> bool:
+    return content_type is not None and content_type[: len(FORM)].lower() == FORM
+
+
+FORM = b"application/x-www-form-urlencoded"
+
+
+def parse_form(body: bytes, max_bytes: int) -> tuple[Parsed, int]:
+    """`data=<JSON or base64 JSON>` (and optionally `writeKey=`, a body key like the JSON's own)."""
+    text = body.decode("utf-8", "surrogateescape")  # with the same for %-escapes: bytes reach the JSON parser as sent
+    try:
+        fields = parse_qs(text, keep_blank_values=True, errors="surrogateescape", max_num_fields=64)
+    except ValueError:
+        raise BadRequest("Invalid form body", "A form body has at most 64 fields.", code="invalid_form") from None
+    data = fields["data"][0] if "data" in fields else None
+    if data is not None and data.lstrip()[:1] == "{":
+        decoded = data.encode("utf-8", "surrogateescape")
+        parsed, size = parse_json(decoded), len(decoded)
+    else:
+        parsed, size = decode_data(data, max_bytes, FORM_DATA_HINT)
+    if "writeKey" in fields and "writeKey" not in parsed.payload:
+        parsed.payload["writeKey"] = fields["writeKey"][0]
+    return parsed, size
+
+
+FORM_DATA_HINT = (
+    "A form body (application/x-www-form-urlencoded) carries the message in its `data` field: "
+    "the JSON object, or its base64."
+)
+PIXEL_DATA_HINT = "A pixel request carries the message as base64-encoded JSON in the `data` query parameter."
+
+
+def decode_data(raw: str | None, max_bytes: int, hint: str = PIXEL_DATA_HINT) -> tuple[Parsed, int]:
+    """The message in a `data` field (a pixel's query, a form body): base64 (standard or URL-safe,
+    padding optional) of a JSON object. `hint` says where `data` belongs when it is missing."""
+    if not raw:
+        raise BadRequest("Missing data", hint, code="invalid_parameter", parameter="data")
+    # An unescaped `+` arrives as a space after query decoding.
+    text = raw.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
+    if len(text) * 3 // 4 > max_bytes:
+        raise too_large("maxEventBytes", max_bytes, "The event")
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "Invalid data",
+            "`data` must be base64 (standard or URL-safe) of a JSON object.",
+            code="invalid_parameter",
+            parameter="data",
+        ) from None
+    return parse_json(decoded), len(decoded)
 
 
 def split_batch(payload: dict[str, Any], max_events: int, reject_empty: bool = False) -> list[Any]:
