@@ -9,15 +9,24 @@ blackhole a link: the TCP connections stay up and every byte is dropped, as with
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
-from servers import Nats, start_nats
+from helpers import ADMIN, WRITE_KEY, Server, basic, bearer, start_server, write_config
+from servers import Nats, ProxiedNats, start_nats, start_proxied_nats
 
 from collector.storage.base import EventQuery, StoredEvent
 from collector.storage.nats import NATSStorage
@@ -141,3 +150,248 @@ def test_ping_is_false_on_a_stream_leader_cut_off_from_its_quorum_though_stream_
         f"meanwhile; probe true {figures['ready']:.2f} s after the heal"
     )
     assert figures["unready"] < 2.5
+
+
+# --- partitions under load -----------------------------------------------------------------------
+
+RATE = 25.0  # single track calls per second
+STREAMS = ("EVENTS", "EVENTS_PROBE")
+
+
+@dataclass
+class Load:
+    """Unique single track calls at a steady rate (each in its own worker, so a slow answer does not
+    slow the rate), and /ready polled every 0.1 s; every answer is kept with its times."""
+
+    url: str
+    rate: float = RATE
+    answers: list[tuple[float, float, int, str]] = field(default_factory=list)  # sent, answered, status, id
+    ready: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._send, daemon=True), threading.Thread(target=self._poll)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _send(self) -> None:
+        ids = itertools.count()
+        with httpx.Client(timeout=30) as client, ThreadPoolExecutor(64) as pool:
+            began = time.monotonic()
+            for n in ids:
+                if self._stop.is_set():
+                    break
+                pool.submit(self._post, client, f"p-{n:06d}")
+                time.sleep(max(0.0, began + (n + 1) / self.rate - time.monotonic()))
+
+    def _post(self, client: httpx.Client, message_id: str) -> None:
+        sent = time.monotonic()
+        try:
+            answer = client.post(
+                self.url + "/v1/track",
+                json={"event": "Load", "userId": "u1", "messageId": message_id},
+                headers=basic(WRITE_KEY),
+            )
+            status = answer.status_code
+        except httpx.HTTPError:
+            status = 0
+        self.answers.append((sent, time.monotonic(), status, message_id))
+
+    def _poll(self) -> None:
+        with httpx.Client(timeout=2) as client:
+            while not self._stop.is_set():
+                try:
+                    status = client.get(self.url + "/ready").status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.ready.append((time.monotonic(), status))
+                time.sleep(0.1)
+
+
+def stored_ids(node: Server) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    deadline = time.monotonic() + 60
+    with httpx.Client(timeout=60) as client:
+        while True:
+            params = {"limit": "1000"} | ({"cursor": cursor} if cursor else {})
+            answer = client.get(node.url + "/v1/events", params=params, headers=bearer(ADMIN))
+            if answer.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            ids += [item["event"]["messageId"] for item in page["data"]]
+            cursor = page["meta"]["nextCursor"]
+            if not cursor:
+                return ids
+
+
+def collector_node(cluster: ProxiedNats) -> str:
+    """The node the collector's connection is on (its client name is `collector`)."""
+    for node in cluster.nats.nodes:
+        answer = httpx.get(f"http://127.0.0.1:{node.monitor_port}/connz", timeout=2).json()
+        if any(connection.get("name") == "collector" for connection in answer.get("connections") or []):
+            return node.name
+    raise AssertionError("the collector is connected to no node")
+
+
+def place_leaders(cluster: ProxiedNats, on: str) -> None:
+    """Move the stream leaders of EVENTS and EVENTS_PROBE to node `on` (a step-down with a preferred
+    placement, asked of a node directly: not through the proxies)."""
+
+    async def main() -> None:
+        nc = await nats.connect(cluster.node(on).url)
+        try:
+            for stream in STREAMS:
+                deadline = time.monotonic() + 30
+                while stream_leader(cluster.nats, stream) != on:
+                    assert time.monotonic() < deadline, f"{stream}'s leader never moved to {on}"
+                    request = json.dumps({"placement": {"preferred": on}}).encode()
+                    try:
+                        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=5)
+                    except nats.errors.Error:
+                        pass
+                    await asyncio.sleep(1)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def first(moments: list[tuple[float, int]], since: float, until: float, match: Callable[[int], bool]) -> float | None:
+    return next((at - since for at, status in moments if since <= at <= until and match(status)), None)
+
+
+def run_partition(
+    tmp_path: Path,
+    name: str,
+    cut: Callable[[ProxiedNats, str], None],
+    leaders: Callable[[ProxiedNats, str], str | None],
+    partition: float,
+    warmup: float = 4.0,
+    after: float = 8.0,
+) -> dict[str, Any]:
+    """Load before, during and after a partition of `partition` seconds; the figures of the issue."""
+    cluster = start_proxied_nats()
+    collector: Server | None = None
+    try:
+        config = write_config(tmp_path / "collector.yaml")
+        profiles = f"sqlite:///{tmp_path / 'profiles.db'}"
+        collector = start_server(tmp_path, config, cluster.client_url(replicas=3), "--profiles", profiles, name=name)
+        node = collector_node(cluster)
+        leader = leaders(cluster, node)
+        if leader is not None:
+            place_leaders(cluster, leader)
+        load = Load(collector.url)
+        load.start()
+        time.sleep(warmup)
+        cut_at = time.monotonic()
+        cut(cluster, node)
+        time.sleep(partition)
+        healed_at = time.monotonic()
+        cluster.heal()
+        time.sleep(after)
+        load.stop()
+        stored = Counter(stored_ids(collector))
+        moved_to = collector_node(cluster)
+        failovers = collector.log().count("reconnecting elsewhere")
+    finally:
+        if collector is not None:
+            collector.stop()
+        cluster.remove()
+
+    answers = sorted(load.answers)
+    acked = {message_id for _, _, status, message_id in answers if status == 200}
+    during = [(sent, answered, status) for sent, answered, status, _ in answers if cut_at <= sent < healed_at]
+    failing = [sent for sent, _, status in during if status != 200]
+    recovered = max(failing, default=cut_at) - cut_at if failing else 0.0
+    recovered_ok = not during or during[-1][2] == 200
+    afterwards = [(answered - sent, status) for sent, answered, status, _ in answers if sent >= healed_at]
+    unready = first(load.ready, cut_at, healed_at, lambda status: status != 200)
+    ready_again = (
+        first(load.ready, cut_at + unready, healed_at, lambda status: status == 200) if unready is not None else None
+    )
+    if ready_again is not None and unready is not None:
+        ready_again += unready
+    return {
+        "node": node,
+        "moved_to": moved_to,
+        "failovers": failovers,
+        "sent": len(answers),
+        "acked": len(acked),
+        "lost": len(acked - set(stored)),
+        "doubled": sum(1 for count in stored.values() if count > 1),
+        "non200_in_partition": len(failing),
+        "non200_for_s": round(recovered, 2),
+        "writable_before_heal": recovered_ok,
+        "slowest_200_in_partition_s": round(max((a - s for s, a, st in during if st == 200), default=0.0), 2),
+        "ready_503_after_s": None if unready is None else round(unready, 2),
+        "ready_200_again_after_s": None if ready_again is None else round(ready_again, 2),
+        "non200_after_heal": sum(1 for _, status in afterwards if status != 200),
+        "slowest_after_heal_s": round(max((seconds for seconds, _ in afterwards), default=0.0), 2),
+    }
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    print(f"\n{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()))
+
+
+def check(figures: dict[str, Any]) -> None:
+    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
+    assert figures["writable_before_heal"], figures  # failed over: 200s again while still partitioned
+    assert figures["non200_for_s"] < 15, figures
+    if figures["non200_for_s"] > 2:  # writes failed for a while: /ready said so, then came back
+        assert figures["ready_503_after_s"] is not None and figures["ready_200_again_after_s"] is not None, figures
+
+
+def test_the_collectors_client_link_blackholed(tmp_path: Path) -> None:
+    """(b) The link between the collector and its node drops every byte: its pings (every 2 s, 2
+    outstanding) or its failing publishes (3 s) make it reconnect to another node."""
+    figures = run_partition(
+        tmp_path,
+        "client-link",
+        cut=lambda cluster, node: cluster.clients[node].blackhole(),
+        leaders=lambda cluster, node: None,
+        partition=12,
+    )
+    report("client link blackholed", figures)
+    check(figures)
+    assert figures["moved_to"] != figures["node"]
+
+
+@pytest.mark.slow
+def test_the_collectors_node_cut_off_from_the_other_two(tmp_path: Path) -> None:
+    """(a) The collector's node loses both its routes; the stream leaders are elsewhere, with the quorum."""
+    figures = run_partition(
+        tmp_path,
+        "node-cut-off",
+        cut=lambda cluster, node: cluster.isolate(node),
+        leaders=lambda cluster, node: next(n.name for n in cluster.nats.nodes if n.name != node),
+        partition=20,
+    )
+    report("own node cut off", figures)
+    check(figures)
+    assert figures["moved_to"] != figures["node"]
+
+
+@pytest.mark.slow
+def test_the_stream_leader_cut_off_with_the_collector_on_it(tmp_path: Path) -> None:
+    """(c) The node that leads both streams, the collector's, loses both its routes: it leads on for a
+    while without a quorum; the other two elect new leaders."""
+    figures = run_partition(
+        tmp_path,
+        "leader-cut-off",
+        cut=lambda cluster, node: cluster.isolate(node),
+        leaders=lambda cluster, node: node,
+        partition=20,
+    )
+    report("stream leader cut off, collector on it", figures)
+    check(figures)
+    assert figures["moved_to"] != figures["node"]
