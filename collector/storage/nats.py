@@ -137,6 +137,7 @@ class NATSStorage:
         self._current = ""  # netloc of the server we are connected to
         self._left: dict[str, float] = {}  # netloc → when we left it (or failed to connect to it)
         self._trying = ""  # the server the reconnect handler picked last
+        self._relinked: asyncio.Future[None]  # done when the client has reconnected (a new one then)
 
     def __repr__(self) -> str:
         return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
@@ -148,9 +149,12 @@ class NATSStorage:
             return
         try:
             nc = Client()
+            self._relinked = asyncio.get_running_loop().create_future()
 
             async def reconnected() -> None:
                 self._current, self._trying = _netloc(nc), ""
+                self._relinked.set_result(None)
+                self._relinked = asyncio.get_running_loop().create_future()
                 log.warning("NATS reconnected to %s", self._current)
 
             # nats-py types these as int but only sleeps on them: fractions of a second work.
@@ -326,7 +330,11 @@ class NATSStorage:
                             futures[index] = await js.publish_async(subject, payload, headers=dict(headers))
                     # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
                     attempt = min(deadline - loop.time(), max(1.0, self.timeout / 4))
-                    await asyncio.wait(futures.values(), timeout=max(attempt, 0.01))
+                    # Acks on the old link of a reconnect never come either: publish again at once.
+                    everything = asyncio.gather(*futures.values(), return_exceptions=True)
+                    await asyncio.wait(
+                        (everything, self._relinked), timeout=max(attempt, 0.01), return_when=asyncio.FIRST_COMPLETED
+                    )
                 except Exception as exc:
                     problem = exc
                 finally:
