@@ -67,6 +67,23 @@ def test_client_options_come_from_the_url() -> None:
     assert (default.ping_interval, default.max_outstanding_pings, default.failover) == (2.0, 2, 3.0)
 
 
+def test_a_reconnect_goes_to_the_server_left_longest_ago_and_the_one_just_left_last() -> None:
+    from urllib.parse import urlparse
+
+    from nats.aio.client import Server
+
+    store = NATSStorage("nats://a:1,b:2,c:3")
+    servers = [Server(urlparse(f"nats://{host}")) for host in ("a:1", "b:2", "c:3")]
+    store._current = "a:1"  # connected to a, which cannot write
+    picks = [store._next_server(servers, {}) for _ in range(4)]  # b, then c, then a fail to connect too
+    assert [(server.uri.netloc if server else None, delay) for server, delay in picks] == [
+        ("b:2", 0.0),
+        ("c:3", 0.0),
+        ("a:1", 0.25),  # every server failed a moment ago: pause between attempts
+        ("b:2", 0.25),
+    ]
+
+
 def test_ping_is_a_write_to_a_probe_stream_that_keeps_one_message_and_never_shows_in_read_back(
     single: Nats,
 ) -> None:
