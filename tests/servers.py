@@ -10,6 +10,7 @@ Test modules wrap these helpers in their own fixtures.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,3 +319,205 @@ def wait_jetstream(cluster: Nats) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError("JetStream cluster has no meta leader:\n" + "\n".join(n.log() for n in cluster.nodes))
+
+
+# --- NATS behind TCP proxies: partitions on loopback ----------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy from a free loopback port to `target`, run by its own thread's event loop.
+
+    `blackhole()` keeps every connection open and accepts new ones, but drops every byte both
+    ways (and does not pass a close on either), as a pulled cable does; `heal()` closes what was
+    blackholed (TCP would give up on it; its byte stream has a hole anyway) and forwards again.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.dropping = False
+        self._connections: list[_ProxiedConnection] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"proxy-{target}", daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
+        ).result(5)
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    def blackhole(self) -> None:
+        self._call(self._blackhole)
+
+    def heal(self) -> None:
+        self._call(self._heal)
+
+    def close(self) -> None:
+        async def close() -> None:
+            self._server.close()
+            for connection in self._connections:
+                connection.close()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _call(self, function: Callable[[], None]) -> None:
+        async def call() -> None:
+            function()
+
+        asyncio.run_coroutine_threadsafe(call(), self._loop).result(5)
+
+    def _blackhole(self) -> None:
+        self.dropping = True
+        for connection in self._connections:
+            connection.dropped = True
+
+    def _heal(self) -> None:
+        self.dropping = False
+        for connection in [c for c in self._connections if c.dropped]:
+            connection.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _ProxiedConnection(writer, dropped=self.dropping)
+        self._connections.append(connection)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if connection.dropped:
+                await _pump(reader, None, connection)
+                return
+            try:
+                upstream_reader, connection.upstream = await asyncio.open_connection("127.0.0.1", self.target)
+            except OSError:
+                return
+            await asyncio.gather(
+                _pump(reader, connection.upstream, connection), _pump(upstream_reader, writer, connection)
+            )
+        finally:
+            connection.close()
+            self._connections.remove(connection)
+            self._tasks.discard(task)
+
+
+@dataclass
+class _ProxiedConnection:
+    downstream: asyncio.StreamWriter
+    dropped: bool = False
+    upstream: asyncio.StreamWriter | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def close(self) -> None:
+        for writer in (self.downstream, self.upstream):
+            if writer is not None:
+                writer.transport.abort()
+        self.closed.set()
+
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, connection: _ProxiedConnection
+) -> None:
+    """Copy until end of stream; while dropped, read and discard, and keep the other side open."""
+    try:
+        while data := await reader.read(65536):
+            if connection.dropped or writer is None:
+                continue
+            writer.write(data)
+            await writer.drain()
+    except (OSError, ConnectionError):
+        pass
+    if connection.dropped or writer is None:
+        await connection.closed.wait()  # a close does not cross a blackhole either
+    else:
+        connection.close()
+
+
+@dataclass
+class ProxiedNats:
+    """A JetStream cluster whose routes (one proxy each way per pair of nodes) and client ports
+    (one proxy per node) go through Proxy objects, so any link can be blackholed."""
+
+    nats: Nats
+    routes: dict[frozenset[str], list[Proxy]]
+    clients: dict[str, Proxy]
+
+    def client_url(self, **options: object) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        hosts = ",".join(f"127.0.0.1:{proxy.port}" for proxy in self.clients.values())
+        return f"nats://{hosts}" + (f"?{query}" if query else "")
+
+    def node(self, name: str) -> NatsNode:
+        return next(node for node in self.nats.nodes if node.name == name)
+
+    def cut(self, a: str, b: str) -> None:
+        for proxy in self.routes[frozenset((a, b))]:
+            proxy.blackhole()
+
+    def isolate(self, name: str) -> None:
+        for pair in self.routes:
+            if name in pair:
+                self.cut(*pair)
+
+    def heal(self) -> None:
+        for proxy in [*(p for pair in self.routes.values() for p in pair), *self.clients.values()]:
+            proxy.heal()
+
+    def remove(self) -> None:
+        for node in self.nats.nodes:
+            node.stop()
+        for proxy in [*(p for pair in self.routes.values() for p in pair), *self.clients.values()]:
+            proxy.close()
+        self.nats.remove()
+
+
+def start_proxied_nats(size: int = 3, ping: str = "2s", ping_max: int = 2) -> ProxiedNats:
+    """`size` nodes; node i reaches node j's cluster port through its own proxy, and clients reach
+    each node through one. Servers ping clients and routes every `ping` (nats-server's default is
+    2 minutes), so a blackholed route is closed in about 2-3 pings. Nodes advertise no client URLs
+    and a dead cluster URL, so neither clients nor gossiped routes find a way around the proxies."""
+    root = Path(tempfile.mkdtemp(prefix="collector-nats-proxied-"))
+    names = [f"n{index + 1}" for index in range(size)]
+    nodes = [NatsNode(name, free_port(), free_port(), root, root / f"{name}.conf") for name in names]
+    cluster_ports = {name: free_port() for name in names}
+    proxies = {(a, b): Proxy(cluster_ports[b]) for a in names for b in names if a != b}  # a → b
+    clients = {node.name: Proxy(node.port) for node in nodes}
+    for node in nodes:
+        routes = ", ".join(f"nats-route://127.0.0.1:{proxies[(node.name, b)].port}" for b in names if b != node.name)
+        node.config.write_text(
+            "\n".join(
+                [
+                    f"server_name: {node.name}",
+                    f"listen: 127.0.0.1:{node.port}",
+                    f"http: 127.0.0.1:{node.monitor_port}",
+                    f"ping_interval: {ping}",
+                    f"ping_max: {ping_max}",
+                    f'jetstream {{ store_dir: "{root / node.name}" }}',
+                    "cluster {",
+                    "  name: collector-proxied",
+                    f"  listen: 127.0.0.1:{cluster_ports[node.name]}",
+                    f"  advertise: 127.0.0.1:{free_port()}",
+                    "  no_advertise: true",
+                    f"  routes: [{routes}]",
+                    "}",
+                ]
+            )
+            + "\n"
+        )
+    cluster = ProxiedNats(
+        Nats(nodes, root),
+        {frozenset((a, b)): [proxies[(a, b)], proxies[(b, a)]] for a in names for b in names if a < b},
+        clients,
+    )
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_healthy()
+        wait_jetstream(cluster.nats)
+    except BaseException:
+        cluster.remove()
+        raise
+    return cluster

@@ -2,9 +2,10 @@
 
 /ready reads this state and never waits on a pool or the network itself. Each store is probed
 every `interval` seconds with its `ping()` (a small committed write: a transaction id on
-PostgreSQL, a rewrite of the schema version under SQLite's write lock; JetStream still asks for
-stream info). A probe that has not answered within `timeout` marks the store unready at once;
-the next probe starts only when that one ends, so a hung backend never piles probes up.
+PostgreSQL, a rewrite of the schema version under SQLite's write lock, a message to a small
+JetStream probe stream acknowledged by its quorum). A probe that has not answered within
+`timeout` marks the store unready at once; the next probe starts only when that one ends, so a
+hung backend never piles probes up.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""nats://host:4222[,host2:4222,…]?stream=EVENTS&replicas=3&duplicate_window=120&max_age=0&inflight=1024&timeout=5
+"""nats://host:4222[,host2:4222,…]?stream=EVENTS&replicas=3&duplicate_window=120&max_age=0&inflight=1024&timeout=5&ping_interval=2&max_outstanding_pings=2&failover=3
 
 Events in a NATS JetStream stream (profiles need their own URL: --profiles postgresql://…).
 Each event is published to `<prefix>.<workspace>.<type>` (prefix `events` by default) with
@@ -11,7 +11,16 @@ Query options: `stream` (EVENTS), `prefix` (events), `replicas` (1; 3 for a clus
 `duplicate_window` seconds (120; keep it longer than your clients retry), `max_age` seconds
 kept (0 = forever), `max_bytes` (-1 = no limit), `inflight` publishes awaiting an ack per
 process (1024), `timeout` seconds a request may wait for its acks, publishing again what was
-not acknowledged (through reconnects and leader elections) before answering 503 (5).
+not acknowledged (through reconnects and leader elections) before answering 503 (5),
+`ping_interval` seconds between the client's pings and `max_outstanding_pings` unanswered
+before the link counts as dead and the client reconnects to another server of the list (2 and
+2: a dead link is noticed in 4–6 s; nats-py's own default is 120 s), `failover` seconds that
+publishes and probes may fail (timeouts, no responders) while the link looks fine before the
+client leaves its server for another one of the list (3; 0 = never): a node cut off from its
+cluster's quorum still answers pings.
+`ping()` (the /ready probe) publishes to the probe stream `<stream>_PROBE` (`<prefix>_probe.>`,
+same replicas, one message kept) and awaits its ack, so it is true only when a write reaches a
+quorum now; it is false too while this process's event publishes keep failing.
 Streams are created on open when missing; an existing stream is used as it is.
 Read-back scans the stream through a short-lived consumer (slow; for tests and debugging).
 """
@@ -20,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 import os
 import re
 import time
@@ -31,7 +42,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import orjson
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -48,12 +59,19 @@ OPTIONS: dict[str, Any] = {
     "max_bytes": -1,
     "inflight": 1024,
     "timeout": 5.0,
+    "ping_interval": 2.0,
+    "max_outstanding_pings": 2,
+    "failover": 3.0,
 }
 SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
+PROBE_TIMEOUT = 1.0  # the readiness loop counts a slower probe as a failure anyway
+RECENT = 2.0  # seconds a failed event publish keeps ping() false (unless one succeeds meanwhile)
 _SUBJECT_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,199}")  # printable ASCII, no CR/LF
+
+log = logging.getLogger("collector")
 
 
 def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
@@ -104,8 +122,22 @@ class NATSStorage:
         self.max_bytes: int = options["max_bytes"]
         self.inflight: int = options["inflight"]
         self.timeout: float = options["timeout"]
+        self.ping_interval: float = options["ping_interval"]
+        self.max_outstanding_pings: int = options["max_outstanding_pings"]
+        self.failover: float = options["failover"]
+        self.probe_stream = f"{self.stream}_PROBE"
+        self.probe_subject = f"{self.prefix}_probe.ping"
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.failovers = 0  # reconnects forced because writes failed on a link that looked fine
+        self._failing_since: float | None = None  # publishes and probes: none succeeded since
+        self._events_failing_since: float | None = None
+        self._events_failed_at = 0.0
+        self._forced_at = -math.inf
+        self._current = ""  # netloc of the server we are connected to
+        self._left: dict[str, float] = {}  # netloc → when we left it (or failed to connect to it)
+        self._trying = ""  # the server the reconnect handler picked last
+        self._relinked: asyncio.Future[None]  # done when the client has reconnected (a new one then)
 
     def __repr__(self) -> str:
         return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
@@ -116,14 +148,29 @@ class NATSStorage:
         if self.nc is not None:
             return
         try:
-            nc = await nats.connect(
+            nc = Client()
+            self._relinked = asyncio.get_running_loop().create_future()
+
+            async def reconnected() -> None:
+                self._current, self._trying = _netloc(nc), ""
+                self._relinked.set_result(None)
+                self._relinked = asyncio.get_running_loop().create_future()
+                log.warning("NATS reconnected to %s", self._current)
+
+            # nats-py types these as int but only sleeps on them: fractions of a second work.
+            seconds: dict[str, Any] = {"reconnect_time_wait": 0.25, "ping_interval": self.ping_interval}
+            await nc.connect(
                 servers=self.servers,
                 name="collector",
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,  # a node restart or fail-over must never end the connection
-                reconnect_time_wait=0.25,
+                **seconds,
+                max_outstanding_pings=self.max_outstanding_pings,
+                reconnect_to_server_handler=self._next_server,
+                reconnected_cb=reconnected,
             )
+            self._current = _netloc(nc)
             js = nc.jetstream(timeout=self.timeout, publish_async_max_pending=self.inflight)
             # A cluster that is still forming (no JetStream meta leader yet) answers with errors
             # or timeouts for a few seconds: keep trying for a while before giving up on start.
@@ -132,6 +179,7 @@ class NATSStorage:
                 try:
                     await self._ensure_stream(js, self.stream, f"{self.prefix}.>", self.duplicate_window)
                     await self._ensure_stream(js, self.quarantine_stream, f"{self.prefix}_quarantine.>", 0)
+                    await self._ensure_stream(js, self.probe_stream, f"{self.prefix}_probe.>", 0, per_subject=1)
                     break
                 except (TimeoutError, nats.errors.Error):
                     if time.monotonic() > deadline:
@@ -143,7 +191,9 @@ class NATSStorage:
             raise StorageUnavailable(f"Cannot open {self!r}: {type(exc).__name__}: {exc}") from exc
         self.nc, self.js = nc, js
 
-    async def _ensure_stream(self, js: JetStreamContext, name: str, subject: str, duplicate_window: float) -> None:
+    async def _ensure_stream(
+        self, js: JetStreamContext, name: str, subject: str, duplicate_window: float, per_subject: int | None = None
+    ) -> None:
         try:
             await js.stream_info(name)
             return  # an operator may have tuned it: use it as it is
@@ -158,6 +208,7 @@ class NATSStorage:
             max_age=self.max_age or None,
             max_bytes=self.max_bytes,
             discard=api.DiscardPolicy.OLD,
+            max_msgs_per_subject=per_subject or -1,
         )
         if duplicate_window:
             config.duplicate_window = duplicate_window
@@ -173,14 +224,62 @@ class NATSStorage:
         await nc.close()
 
     async def ping(self) -> bool:
+        """A durable write now: a probe message acknowledged by a quorum of the probe stream,
+        and no run of failed event publishes lately (the events stream has a leader of its own)."""
         if self.nc is None or self.js is None or not self.nc.is_connected:
             return False
         try:
-            # Answered by the stream's leader: proves the stream can take writes now.
-            await self.js.stream_info(self.stream)
+            await self.js.publish(self.probe_subject, b"", timeout=PROBE_TIMEOUT, stream=self.probe_stream)
         except Exception:
+            await self._failed()
             return False
-        return True
+        self._failing_since = None
+        now = time.monotonic()
+        return self._events_failing_since is None or now - self._events_failed_at > RECENT
+
+    # --- fail-over -------------------------------------------------------------------------------
+    # A node cut off from its cluster's quorum keeps its client connections and answers pings, so
+    # the client never reconnects by itself: writes time out, or find no responders. When they keep
+    # failing for `failover` seconds, leave that server for another one of the list.
+
+    async def _failed(self, events: bool = False) -> None:
+        now = time.monotonic()
+        if events:
+            self._events_failed_at = now
+            if self._events_failing_since is None:
+                self._events_failing_since = now
+        if self._failing_since is None:
+            self._failing_since = now
+        nc = self.nc
+        if (
+            self.failover > 0
+            and nc is not None
+            and nc.is_connected
+            and now - self._failing_since >= self.failover
+            and now - self._forced_at >= self.failover
+        ):
+            self._forced_at, self._failing_since = now, None
+            self.failovers += 1
+            log.warning("NATS writes via %s failed for %.1f s: reconnecting elsewhere", self._current, self.failover)
+            await nc.force_reconnect()
+
+    def _succeeded(self, events: bool = False) -> None:
+        self._failing_since = None
+        if events:
+            self._events_failing_since = None
+
+    def _next_server(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        """nats-py asks this for each reconnect attempt: the servers we left (or could not reach)
+        lately go last, the one we just left the very last; the rest in turn."""
+        now = time.monotonic()
+        for left in (self._current, self._trying):
+            if left:
+                self._left[left] = now
+        self._current = ""
+        chosen = min(servers, key=lambda server: self._left.get(server.uri.netloc, -math.inf))
+        recently = now - self._left.get(chosen.uri.netloc, -math.inf) < 1.0
+        self._trying = chosen.uri.netloc
+        return chosen, 0.25 if recently else 0.0  # every server failed a moment ago: do not spin
 
     # --- events --------------------------------------------------------------------------------
 
@@ -231,7 +330,11 @@ class NATSStorage:
                             futures[index] = await js.publish_async(subject, payload, headers=dict(headers))
                     # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
                     attempt = min(deadline - loop.time(), max(1.0, self.timeout / 4))
-                    await asyncio.wait(futures.values(), timeout=max(attempt, 0.01))
+                    # Acks on the old link of a reconnect never come either: publish again at once.
+                    everything = asyncio.gather(*futures.values(), return_exceptions=True)
+                    await asyncio.wait(
+                        (everything, self._relinked), timeout=max(attempt, 0.01), return_when=asyncio.FIRST_COMPLETED
+                    )
                 except Exception as exc:
                     problem = exc
                 finally:
@@ -245,6 +348,10 @@ class NATSStorage:
                         problem = future.exception()
                     else:
                         problem = problem or TimeoutError()
+                if any(acks[index] is not None for index in futures):
+                    self._succeeded(events=True)
+                else:
+                    await self._failed(events=True)
                 waiting = [index for index in waiting if acks[index] is None]
                 if not waiting:
                     return [ack for ack in acks if ack is not None]
@@ -356,6 +463,11 @@ def _quarantine_payload(bad: QuarantinedEvent) -> bytes:
             "event": orjson.Fragment(bad.body),
         }
     )
+
+
+def _netloc(nc: Client) -> str:
+    url = nc.connected_url
+    return url.netloc if url is not None else ""
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
