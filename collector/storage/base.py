@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+import orjson
+
+from collector import jsonio
+
 
 class StoredEvent(NamedTuple):
     """A valid, enriched event. A tuple in the column order of the SQL backends, so it is their row."""
@@ -41,6 +45,46 @@ class WriteResult(NamedTuple):
     quarantined: int = 0
     # messageIds that were new (every backend here reports them; None: unknown, treated as all new)
     inserted_ids: frozenset[str] | None = None
+
+
+class Receipt(NamedTuple):
+    """What became of one message that was not stored (stored and quarantined messages are their own
+    receipts: their rows). `detail` is JSON: {"policy"} for suppressed and dropped, {"errors",
+    "message"} for rejected (the message as the debugger shows it, null when too large), {} else."""
+
+    workspace_id: str
+    source_id: str
+    message_id: str | None
+    status: str  # duplicate | rejected | suppressed | dropped
+    at: str  # ISO-8601, UTC ms Z
+    detail: bytes
+
+
+RECEIPT_STATUSES = ("stored", "duplicate", "rejected", "quarantined", "suppressed", "dropped")
+
+
+def arrival(
+    status: str, workspace_id: str, source_id: str, message_id: str | None, at: str, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """One message's outcome as receipts and the debugger's history show it."""
+    return {
+        "status": status,
+        "workspaceId": workspace_id,
+        "sourceId": source_id,
+        "messageId": message_id,
+        "at": at,
+    } | detail
+
+
+def arrival_detail(body: bytes | str | None, detail: bytes | str | None) -> dict[str, Any]:
+    """A recent arrival's message and errors: a stored or quarantined row's body (and errors, in
+    `detail`), or a receipt's detail alone."""
+    if body is None:
+        return orjson.loads(detail) if detail is not None else {}
+    found: dict[str, Any] = {"message": jsonio.loads(body)}
+    if detail is not None:
+        found["errors"] = orjson.loads(detail)
+    return found
 
 
 @dataclass(frozen=True)
@@ -116,6 +160,26 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class ReceiptStore(Protocol):
+    """Receipts of the messages that were not stored, kept for `receiptRetention` (every backend)."""
+
+    async def write_receipts(self, receipts: list[Receipt]) -> None: ...
+
+    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+        """The receipts kept for that messageId (see `arrival`), oldest first."""
+        ...
+
+    async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` outcomes of any kind: stored, quarantined and receipts, newest first, each
+        with the message as stored ("message") where one is kept."""
+        ...
+
+    async def expire_receipts(self, before: str) -> int:
+        """Deletes receipts older than `before` (ISO-8601, UTC ms Z); how many."""
+        ...
+
+
+@runtime_checkable
 class ProfileStore(Protocol):
     """User profiles of the Attuitive-compatible API; every method is scoped to one workspace."""
 
@@ -163,6 +227,7 @@ IDENTITY_COLUMNS: dict[str, str] = {"userId": "user_id", "anonymousId": "anonymo
 class Erased(NamedTuple):
     events: int
     quarantined: int
+    receipts: int = 0  # rejected messages keep their body in their receipt
 
 
 class PrivacyRecord(NamedTuple):
@@ -187,12 +252,12 @@ class Erasable(Protocol):
     find a person's messages without reading all of it)."""
 
     async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
-        """Every stored event and quarantined message of that identity in the workspace, deleted in
-        small transactions so ingestion goes on between them."""
+        """Every stored event, quarantined message and receipt of that identity in the workspace,
+        deleted in small transactions so ingestion goes on between them."""
         ...
 
     async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
-        """Events and quarantine of the source received before `before` (ISO-8601, UTC ms Z)."""
+        """Events, quarantine and receipts of the source received before `before` (ISO-8601, UTC ms Z)."""
         ...
 
 

@@ -6,6 +6,8 @@ Each event is published to `<prefix>.<workspace>.<type>` (prefix `events` by def
 any node; a request is answered 200 only once every one of its events is acknowledged by the
 stream (with R3, by a quorum of the cluster). All events of a request are in flight at once.
 Invalid messages kept aside go to the stream `<stream>_QUARANTINE` (`<prefix>_quarantine.<ws>`).
+Receipts of messages not stored go to `<stream>_RECEIPTS` (`<prefix>_receipts.<ws>.<digest of the
+messageId>`), whose max_age is receiptRetention: JetStream expires them.
 
 Query options: `stream` (EVENTS), `prefix` (events), `replicas` (1; 3 for a cluster),
 `duplicate_window` seconds (120; keep it longer than your clients retry), `max_age` seconds
@@ -48,7 +50,15 @@ from nats.js import JetStreamContext, api
 
 from collector import jsonio
 from collector.errors import ConfigError, StorageUnavailable
-from collector.storage.base import EventPage, EventQuery, QuarantinedEvent, StoredEvent, WriteResult
+from collector.storage.base import (
+    EventPage,
+    EventQuery,
+    QuarantinedEvent,
+    Receipt,
+    StoredEvent,
+    WriteResult,
+    arrival,
+)
 
 OPTIONS: dict[str, Any] = {
     "stream": "EVENTS",
@@ -65,6 +75,7 @@ OPTIONS: dict[str, Any] = {
 }
 SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
+SCAN_LIMIT = 1000  # receipts read for one messageId
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
 PROBE_TIMEOUT = 1.0  # the readiness loop counts a slower probe as a failure anyway
 RECENT = 2.0  # seconds a failed event publish keeps ping() false (unless one succeeds meanwhile)
@@ -111,10 +122,12 @@ STARTUP_WAIT_SECONDS = 30
 
 
 class NATSStorage:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, receipt_retention: int | None = None) -> None:
         self.servers, options = parse_url(url)
         self.stream: str = options["stream"]
         self.quarantine_stream = f"{self.stream}_QUARANTINE"
+        self.receipts_stream = f"{self.stream}_RECEIPTS"
+        self.receipt_retention = receipt_retention  # seconds; None: kept like the events
         self.prefix: str = options["prefix"]
         self.replicas: int = options["replicas"]
         self.duplicate_window: float = options["duplicate_window"]
@@ -179,6 +192,9 @@ class NATSStorage:
                 try:
                     await self._ensure_stream(js, self.stream, f"{self.prefix}.>", self.duplicate_window)
                     await self._ensure_stream(js, self.quarantine_stream, f"{self.prefix}_quarantine.>", 0)
+                    await self._ensure_stream(
+                        js, self.receipts_stream, f"{self.prefix}_receipts.>", 0, max_age=self.receipt_retention
+                    )
                     await self._ensure_stream(js, self.probe_stream, f"{self.prefix}_probe.>", 0, per_subject=1)
                     break
                 except (TimeoutError, nats.errors.Error):
@@ -192,7 +208,13 @@ class NATSStorage:
         self.nc, self.js = nc, js
 
     async def _ensure_stream(
-        self, js: JetStreamContext, name: str, subject: str, duplicate_window: float, per_subject: int | None = None
+        self,
+        js: JetStreamContext,
+        name: str,
+        subject: str,
+        duplicate_window: float,
+        per_subject: int | None = None,
+        max_age: float | None = None,
     ) -> None:
         try:
             await js.stream_info(name)
@@ -205,7 +227,7 @@ class NATSStorage:
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
             num_replicas=self.replicas,
-            max_age=self.max_age or None,
+            max_age=max_age or self.max_age or None,
             max_bytes=self.max_bytes,
             discard=api.DiscardPolicy.OLD,
             max_msgs_per_subject=per_subject or -1,
@@ -361,6 +383,82 @@ class NATSStorage:
                 raise _unavailable(problem or TimeoutError())
             await asyncio.sleep(RETRY_PAUSE)
 
+    # --- receipts -------------------------------------------------------------------------------
+
+    def _receipt_subject(self, workspace_id: str | None, message_id: str | None) -> str:
+        workspace = subject_token(workspace_id) if workspace_id is not None else "*"
+        digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32] if message_id else "_"
+        return f"{self.prefix}_receipts.{workspace}.{digest}"
+
+    async def write_receipts(self, receipts: list[Receipt]) -> None:
+        if self.nc is None or self.js is None:
+            raise StorageUnavailable("Storage is not open")
+        messages = []
+        for receipt in receipts:
+            workspace_id, source_id, message_id, status, at, detail = receipt
+            kept = arrival(status, workspace_id, source_id, message_id, at, {"detail": orjson.Fragment(detail)})
+            payload = orjson.dumps(kept)
+            # A random id of its own: re-publishing it within this call stores it once.
+            headers = {"Nats-Msg-Id": "r:" + os.urandom(12).hex()}
+            messages.append((self._receipt_subject(receipt.workspace_id, receipt.message_id), payload, headers))
+        await self._publish_all(messages)
+
+    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+        def render(msg: Msg) -> dict[str, Any] | None:
+            kept = orjson.loads(msg.data)
+            return _receipt(kept) if kept["messageId"] == message_id else None  # a digest may collide
+
+        subject = self._receipt_subject(workspace_id, message_id)
+        page = await self._scan(self.receipts_stream, subject, 0, SCAN_LIMIT, render)
+        return [{key: value for key, value in item.items() if key != "position"} for item in page.items]
+
+    async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """From the last `limit` messages of each stream (of those, the source's when one is named)."""
+
+        def stored(msg: Msg) -> dict[str, Any] | None:
+            event, source = jsonio.loads(msg.data), (msg.headers or {}).get(SOURCE_HEADER)
+            if source_id is not None and source != source_id:
+                return None
+            workspace, message_id = msg.subject.split(".")[-2], event.get("messageId")
+            return arrival("stored", workspace, source or "", message_id, event.get("receivedAt", ""), {}) | {
+                "message": event
+            }
+
+        def quarantined(msg: Msg) -> dict[str, Any] | None:
+            kept = jsonio.loads(msg.data)
+            if source_id is not None and kept["sourceId"] != source_id:
+                return None
+            workspace = msg.subject.split(".")[-1]
+            found = arrival("quarantined", workspace, kept["sourceId"], kept["messageId"], kept["receivedAt"], {})
+            return found | {"message": kept["event"], "errors": kept["errors"]}
+
+        def receipt(msg: Msg) -> dict[str, Any] | None:
+            kept = orjson.loads(msg.data)
+            return _receipt(kept) if source_id is None or kept["sourceId"] == source_id else None
+
+        found: list[dict[str, Any]] = []
+        for stream, subject, render in (
+            (self.stream, f"{self.prefix}.>", stored),
+            (self.quarantine_stream, f"{self.prefix}_quarantine.>", quarantined),
+            (self.receipts_stream, f"{self.prefix}_receipts.>", receipt),
+        ):
+            last = await self._last_sequence(stream)
+            found += (await self._scan(stream, subject, max(last - limit, 0), limit, render)).items
+        found.sort(key=lambda item: item["at"], reverse=True)
+        return [{key: value for key, value in item.items() if key != "position"} for item in found[:limit]]
+
+    async def expire_receipts(self, before: str) -> int:
+        return 0  # the receipts stream's max_age expires them
+
+    async def _last_sequence(self, stream: str) -> int:
+        if self.js is None:
+            raise StorageUnavailable("Storage is not open")
+        try:
+            info = await self.js.stream_info(stream)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return int(info.state.last_seq)
+
     async def read_events(self, query: EventQuery) -> EventPage:
         subject = f"{self.prefix}.{subject_token(query.workspace_id) if query.workspace_id else '*'}"
         subject += f".{subject_token(query.type) if query.type else '*'}"
@@ -463,6 +561,11 @@ def _quarantine_payload(bad: QuarantinedEvent) -> bytes:
             "event": orjson.Fragment(bad.body),
         }
     )
+
+
+def _receipt(kept: dict[str, Any]) -> dict[str, Any]:
+    detail: dict[str, Any] = kept.pop("detail")
+    return kept | detail
 
 
 def _netloc(nc: Client) -> str:

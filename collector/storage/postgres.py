@@ -35,13 +35,16 @@ from collector.storage.base import (
     IdentityKind,
     PrivacyRecord,
     QuarantinedEvent,
+    Receipt,
     StoredEvent,
     UserPage,
     WriteResult,
+    arrival,
+    arrival_detail,
     user_object,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS = {
     1: [
         """CREATE TABLE IF NOT EXISTS events (
@@ -94,6 +97,19 @@ MIGRATIONS = {
             status text NOT NULL,
             details jsonb NOT NULL
         )""",
+    ],
+    # Only messages that were not stored get a row; stored and quarantined ones are found in their tables.
+    3: [
+        """CREATE TABLE IF NOT EXISTS receipts (
+            position bigserial PRIMARY KEY,
+            workspace_id text NOT NULL,
+            source_id text NOT NULL,
+            message_id text,
+            status text NOT NULL,
+            at text NOT NULL,
+            detail json NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS receipts_message ON receipts (message_id) WHERE message_id IS NOT NULL",
     ],
 }
 ERASE_CHUNK = 1000  # rows a DELETE takes at a time: row locks only, ingestion goes on beside it
@@ -341,6 +357,45 @@ class PostgresStorage:
         except Exception as exc:
             raise _unavailable(exc) from exc
 
+    # --- receipts -------------------------------------------------------------------------------
+
+    async def write_receipts(self, receipts: list[Receipt]) -> None:
+        columns = [list(column) for column in zip(*receipts, strict=True)]
+        columns[2] = [_text(value) for value in columns[2]]
+        columns[5] = [bytes(value).decode() for value in columns[5]]
+        await self._fetch(
+            "INSERT INTO receipts (workspace_id, source_id, message_id, status, at, detail)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::json[])"
+            " RETURNING position",
+            columns,
+        )
+
+    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+        sql = "SELECT status, workspace_id, source_id, message_id, at, detail::text FROM receipts WHERE message_id = %s"
+        params = [_text(message_id)]
+        if workspace_id is not None:
+            sql, params = sql + " AND workspace_id = %s", [*params, workspace_id]
+        rows = await self._fetch(sql + " ORDER BY position", params)
+        return [arrival(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5])) for row in rows]
+
+    async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:
+        where = " WHERE source_id = %s" if source_id is not None else ""
+        scope = [source_id] if source_id is not None else []
+        tail = where + " ORDER BY position DESC LIMIT %s"
+        rows = []
+        for sql in (
+            "SELECT 'stored', workspace_id, source_id, message_id, received_at, body::text, NULL FROM events" + tail,
+            "SELECT 'quarantined', workspace_id, source_id, message_id, received_at, body::text, errors::text"
+            " FROM quarantine" + tail,
+            "SELECT status, workspace_id, source_id, message_id, at, NULL, detail::text FROM receipts" + tail,
+        ):
+            rows += await self._fetch(sql, [*scope, limit])
+        rows = sorted(rows, key=lambda row: row[4], reverse=True)[:limit]
+        return [arrival(row[0], row[1], row[2], row[3], row[4], arrival_detail(row[5], row[6])) for row in rows]
+
+    async def expire_receipts(self, before: str) -> int:
+        return await self._delete_all("at < %s", "receipts", [before])
+
     # --- privacy: erasure and the ledger -----------------------------------------------------------
 
     async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
@@ -351,13 +406,20 @@ class PostgresStorage:
             "quarantine",
             [workspace_id, kind, value],
         )
-        return Erased(events, quarantined)
+        receipts = await self._delete_all(
+            "workspace_id = %s AND json_typeof(detail -> 'message') = 'object' AND detail -> 'message' ->> %s = %s",
+            "receipts",
+            [workspace_id, kind, value],
+        )
+        return Erased(events, quarantined, receipts)
 
     async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
         condition = "workspace_id = %s AND source_id = %s AND received_at < %s"
         params = [workspace_id, source_id, before]
         return Erased(
-            await self._delete_all(condition, "events", params), await self._delete_all(condition, "quarantine", params)
+            await self._delete_all(condition, "events", params),
+            await self._delete_all(condition, "quarantine", params),
+            await self._delete_all(condition.replace("received_at", "at"), "receipts", params),
         )
 
     async def _delete_all(self, condition: str, table: str, params: list[Any]) -> int:

@@ -32,14 +32,17 @@ from collector.storage.base import (
     IdentityKind,
     PrivacyRecord,
     QuarantinedEvent,
+    Receipt,
     StoredEvent,
     UserPage,
     WriteResult,
+    arrival,
+    arrival_detail,
     merge_top_level,
     user_object,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS = {
     1: """
     CREATE TABLE IF NOT EXISTS events (
@@ -123,6 +126,19 @@ MIGRATIONS = {
         status TEXT NOT NULL,
         details BLOB NOT NULL
     );
+    """,
+    # Only messages that were not stored get a row; stored and quarantined ones are found in their tables.
+    5: """
+    CREATE TABLE IF NOT EXISTS receipts (
+        position INTEGER PRIMARY KEY,
+        workspace_id TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        message_id TEXT,
+        status TEXT NOT NULL,
+        at TEXT NOT NULL,
+        detail BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS receipts_message ON receipts (message_id) WHERE message_id IS NOT NULL;
     """,
 }
 ERASE_CHUNK = 500  # rows deleted per transaction: ingestion's group commits run between them
@@ -421,6 +437,44 @@ class SQLiteStorage:
             },
         )
 
+    # --- receipts -------------------------------------------------------------------------------
+
+    async def write_receipts(self, receipts: list[Receipt]) -> None:
+        sql = "INSERT INTO receipts (workspace_id, source_id, message_id, status, at, detail) VALUES (?,?,?,?,?,?)"
+        await self._submit(lambda conn: conn.executemany(sql, receipts))
+
+    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+        sql = "SELECT status, workspace_id, source_id, message_id, at, detail FROM receipts WHERE message_id = ?"
+        params = [message_id]
+        if workspace_id is not None:
+            sql, params = sql + " AND workspace_id = ?", [*params, workspace_id]
+        rows = await self._read(_fetch_all(sql + " ORDER BY position", params))
+        return [arrival(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5])) for row in rows]
+
+    async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:
+        where = " WHERE source_id = ?" if source_id is not None else ""
+        scope = [source_id] if source_id is not None else []
+        tail = where + " ORDER BY position DESC LIMIT ?"
+        queries = (
+            "SELECT 'stored', workspace_id, source_id, message_id, received_at, body, NULL FROM events" + tail,
+            "SELECT 'quarantined', workspace_id, source_id, message_id, received_at, body, errors FROM quarantine"
+            + tail,
+            "SELECT status, workspace_id, source_id, message_id, at, NULL, detail FROM receipts" + tail,
+        )
+
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            return [row for sql in queries for row in conn.execute(sql, [*scope, limit]).fetchall()]
+
+        rows = sorted(await self._read(run), key=lambda row: row[4], reverse=True)[:limit]
+        return [arrival(row[0], row[1], row[2], row[3], row[4], arrival_detail(row[5], row[6])) for row in rows]
+
+    async def expire_receipts(self, before: str) -> int:
+        sql = "SELECT position FROM receipts WHERE at < ? ORDER BY position LIMIT ?"
+        deleted = 0
+        while rows := await self._read(_fetch_all(sql, (before, ERASE_CHUNK))):
+            deleted += await self._delete_positions("receipts", [row[0] for row in rows])
+        return deleted
+
     # --- privacy: erasure and the ledger -----------------------------------------------------------
 
     async def erase_identity(self, workspace_id: str, kind: IdentityKind, value: str) -> Erased:
@@ -439,16 +493,24 @@ class SQLiteStorage:
                 (workspace_id, "$." + kind, value),
             ).fetchall()
         )
+        receipts = await self._read(
+            lambda conn: conn.execute(
+                "SELECT position FROM receipts WHERE workspace_id = ? AND json_valid(CAST(detail AS TEXT))"
+                " AND CAST(json_extract(CAST(detail AS TEXT), ?) AS TEXT) = ?",
+                (workspace_id, "$.message." + kind, value),
+            ).fetchall()
+        )
         return Erased(
             await self._delete_positions("events", [row[0] for row in events]),
             await self._delete_positions("quarantine", [row[0] for row in quarantined]),
+            await self._delete_positions("receipts", [row[0] for row in receipts]),
         )
 
     async def erase_expired(self, workspace_id: str, source_id: str, before: str) -> Erased:
         counts = []
-        for table in ("events", "quarantine"):
+        for table, column in (("events", "received_at"), ("quarantine", "received_at"), ("receipts", "at")):
             sql = (
-                f"SELECT position FROM {table} WHERE workspace_id = ? AND source_id = ? AND received_at < ?"
+                f"SELECT position FROM {table} WHERE workspace_id = ? AND source_id = ? AND {column} < ?"
                 " ORDER BY position LIMIT ?"
             )
             params = (workspace_id, source_id, before, ERASE_CHUNK)
