@@ -24,6 +24,7 @@ from collector.pipeline.privacy import Guard
 from collector.pipeline.privacy_jobs import PrivacyService
 from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
+from collector.pipeline.receipts import Receipts
 from collector.pipeline.runtime import Runtime
 from collector.pipeline.validation import Validators
 from collector.schema.dsl import default_spec_dir
@@ -41,6 +42,7 @@ def routes(ingest: IngestPaths = DEFAULT_PATHS) -> list[Route]:
         Route("/v1/events", readback.list_events, methods=["GET"]),
         Route("/v1/events/{message_id:path}", readback.get_event, methods=["GET"]),
         Route("/v1/quarantine", readback.list_quarantine, methods=["GET"]),
+        Route("/v1/receipts/{message_id:path}", readback.get_receipts, methods=["GET"]),
         Route("/health", events.health, methods=["GET"]),
         Route("/ready", events.ready, methods=["GET"]),
     ]
@@ -52,6 +54,8 @@ def routes(ingest: IngestPaths = DEFAULT_PATHS) -> list[Route]:
 def backend_options(url: str, settings: Settings) -> dict[str, Any]:
     if scheme_of(url) == "sqlite":
         return {"synchronous": settings.sqlite_synchronous, "busy_timeout_ms": settings.sqlite_busy_timeout_ms}
+    if scheme_of(url) == "nats":
+        return {"receipt_retention": settings.receipt_retention}  # the receipts stream's max_age
     return {}
 
 
@@ -98,6 +102,7 @@ def build_runtime(settings: Settings) -> Runtime:
         readiness=Readiness(storage, profile_store),
         privacy=guard,
         privacy_service=PrivacyService(settings, guard, storage, profile_store, counters),
+        receipts=Receipts(settings, storage, counters),
         counters=counters,
     )
     runtime.listeners += [runtime.metrics.on_intake, hub.on_intake]  # intake counts, live arrivals
@@ -120,6 +125,8 @@ def create_app(settings: Settings) -> FrontDoor:
                 stack.push_async_callback(runtime.plans.stop)
             await runtime.privacy_service.start()
             stack.push_async_callback(runtime.privacy_service.stop)
+            await runtime.receipts.start()
+            stack.push_async_callback(runtime.receipts.stop)
             await runtime.readiness.start()
             stack.push_async_callback(runtime.readiness.stop)
             if runtime.metrics.pool is not None:

@@ -32,6 +32,7 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "allowed_hosts": _LIST,
     "ingest_prefixes": _LIST,
     "rate_limit": {"type": ["string", "number", "null"]},
+    "receipt_retention": {"type": ["string", "integer", "null"]},
     "invalid_messages": {"enum": [*INVALID_MESSAGE_MODES, None]},
 }
 

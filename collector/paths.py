@@ -55,6 +55,7 @@ EVENT_PATHS: Final[dict[str, str]] = {
 RESERVED_PATHS: Final[tuple[str, ...]] = (
     "/v1/events",
     "/v1/quarantine",
+    "/v1/receipts",
     "/v1/suppressions",
     "/v1/deletions",
     "/v1/privacy",

@@ -91,6 +91,12 @@ SETTINGS = (
         "retention_interval_seconds", 60.0, "How often expired events and quarantine are deleted (privacy.retention)."
     ),
     Setting(
+        "receipt_retention",
+        "7d",
+        "How long receipts of messages that were not stored (duplicate, rejected, suppressed, dropped) are kept "
+        "for /v1/receipts: `7d`, `12h`, or `forever`.",
+    ),
+    Setting(
         "ingest_prefixes",
         "/v1",
         "Comma-separated path prefixes that each serve every ingest path (events, batch, pixel, /m, the settings "
@@ -187,6 +193,7 @@ class Settings:
     public_url: str = _DEFAULTS["public_url"]
     allowed_hosts: frozenset[str] = frozenset()  # lower case
     retention_interval_seconds: float = _DEFAULTS["retention_interval_seconds"]
+    receipt_retention: int | None = 7 * 86400  # seconds; None: forever
     workers_dir: str = _DEFAULTS["workers_dir"]
     ingest_prefixes: tuple[str, ...] = (_DEFAULTS["ingest_prefixes"],)
     workspaces: Mapping[str, Workspace] = field(default_factory=dict)
@@ -321,6 +328,7 @@ def _scalars(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     scalars["rate_limit"] = parse_rate_limit(raw["rate_limit"], "rate_limit")
     scalars["public_url"] = scalars["public_url"].rstrip("/")
     scalars["allowed_hosts"] = frozenset(host.lower() for host in _as_list(raw["allowed_hosts"]))
+    scalars["receipt_retention"] = parse_retention(raw["receipt_retention"], "receipt_retention")
     scalars["ingest_prefixes"] = tuple(_as_list(raw["ingest_prefixes"]))  # checked by paths.IngestPaths
     scalars["admin_tokens"] = raw["admin_tokens"]  # a list in the file, a comma-separated string in the env
     return scalars

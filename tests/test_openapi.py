@@ -54,7 +54,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 def credentials(path: str) -> dict[str, str]:
     """Real credentials per family of endpoints, so the fuzzing reaches past authentication."""
-    if path.startswith(("/v1/events", "/v1/quarantine", "/metrics", "/debugger")):
+    if path.startswith(("/v1/events", "/v1/quarantine", "/v1/receipts", "/metrics", "/debugger")):
         return {"Authorization": f"Bearer {ADMIN}"}
     if path.startswith(("/identify", "/track/", "/api/v1/")):
         return {"Authorization": f"Bearer {TOKEN}"}

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.paths import BATCH_PATHS, CALL_PATHS, PIXEL_PATHS
+from collector.storage.base import RECEIPT_STATUSES
 
 JSON = "application/json"
 ERROR_STATUSES = {
@@ -137,6 +138,35 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "data": {"type": "array", "items": {"type": "object"}},
             "meta": {"type": "object", "properties": {"limit": {"type": "integer"}, "nextCursor": {}}},
+        },
+    },
+    "Receipts": {
+        "type": "object",
+        "required": ["messageId", "receipts"],
+        "properties": {
+            "messageId": {"type": "string"},
+            "receipts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status", "workspaceId", "sourceId", "messageId", "at"],
+                    "properties": {
+                        "status": {"enum": list(RECEIPT_STATUSES)},
+                        "workspaceId": {"type": "string"},
+                        "sourceId": {"type": "string"},
+                        "messageId": {"type": ["string", "null"]},
+                        "at": {"type": "string", "description": "receivedAt of the request that brought it"},
+                        "policy": {"type": "string", "description": "suppressed, dropped: the policy's reason"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"pointer": STRING, "keyword": STRING, "message": STRING},
+                            },
+                        },
+                    },
+                },
+            },
         },
     },
     "User": {
@@ -426,6 +456,23 @@ def document() -> dict[str, Any]:
             "responses": {"200": json_body(ref("EventPage"), "Quarantined messages."), **errors("400", "401")},
         }
     }
+    paths["/v1/receipts/{messageId}"] = {
+        "get": {
+            "summary": "What became of each message with this messageId (admin token).",
+            "description": "Stored and quarantined messages are found where they are kept; duplicate, rejected, "
+            "suppressed and dropped ones by their receipts, kept for receiptRetention.",
+            "security": ADMIN_AUTH,
+            "parameters": [
+                path_param("messageId", "The messageId sent (or assigned)"),
+                query("workspaceId", "Only in this workspace."),
+                query("wait", "Seconds (<= 30) to wait for one", {"type": "number", "minimum": 0, "maximum": 30}),
+            ],
+            "responses": {
+                "200": json_body(ref("Receipts"), "The receipts, oldest first."),
+                **errors("400", "401", "404"),
+            },
+        }
+    }
     status_schema = {"type": "object", "required": ["status"], "properties": {"status": STRING}}
     paths["/health"] = {"get": {"summary": "Liveness.", "responses": {"200": json_body(status_schema, "Alive.")}}}
     paths["/ready"] = {
@@ -457,6 +504,33 @@ def document() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "Event stream.", "content": {"text/event-stream": {"schema": STRING}}},
                 **errors("401"),
+            },
+        }
+    }
+    paths["/debugger/history"] = {
+        "get": {
+            "summary": "The last arrivals from storage and receipts, newest first (admin token).",
+            "description": "What the debugger page shows on open. `streamFrom`: the stream's lastEventId that "
+            "continues from this answer.",
+            "security": ADMIN_AUTH,
+            "parameters": [
+                token_param,
+                query("sourceId", "Only this source's arrivals."),
+                query("limit", "1-500 (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
+            ],
+            "responses": {
+                "200": json_body(
+                    {
+                        "type": "object",
+                        "required": ["data", "streamFrom"],
+                        "properties": {
+                            "data": {"type": "array", "items": {"type": "object", "required": ["status", "at"]}},
+                            "streamFrom": STRING,
+                        },
+                    },
+                    "Arrivals.",
+                ),
+                **errors("400", "401"),
             },
         }
     }

@@ -4,6 +4,7 @@ GET /v1/events?messageId=&type=&event=&userId=&anonymousId=&workspaceId=&sourceI
                &since=&until=&limit=&cursor=&wait=
 GET /v1/events/{messageId}?workspaceId=&wait=
 GET /v1/quarantine?workspaceId=&limit=&cursor=
+GET /v1/receipts/{messageId}?workspaceId=&wait=   what became of each message with that id
 
 `wait` (seconds, ≤ 30) holds the answer until a match is stored, for "send, then read" tests.
 """
@@ -148,3 +149,32 @@ async def list_quarantine(request: Request) -> Response:
         lambda: runtime.storage.read_quarantine(workspace_id, after, limit, message_id), wait_param(request)
     )
     return json_response({"data": page.items, "meta": {"limit": limit, "nextCursor": encode_cursor(page.next_after)}})
+
+
+async def get_receipts(request: Request) -> Response:
+    """Every outcome of the messages with that messageId: stored, quarantined, and the receipts of
+    those not stored (duplicate, rejected, suppressed, dropped) within receiptRetention."""
+    runtime: Runtime = request.app.state.runtime
+    require_admin(request.headers.get("authorization"), runtime.settings)
+    message_id = request.path_params["message_id"]
+    workspace_id = request.query_params.get("workspaceId")
+    wait = wait_param(request)
+    deadline = time.monotonic() + wait
+    while not (found := await runtime.receipts.lookup(message_id, workspace_id)) and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+    if not found:
+        retention = runtime.settings.receipt_retention
+        kept = f"the last {_duration(retention)}" if retention is not None else "ever"
+        raise NotFound(
+            "No receipt",
+            f"No message with messageId {message_id!r} arrived in {kept} (receiptRetention), or it was refused"
+            " before it was read as a message (authentication, rate limit, a body that is not JSON).",
+        )
+    return json_response({"messageId": message_id, "receipts": found})
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

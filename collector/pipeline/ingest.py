@@ -1,6 +1,7 @@
 """The ingestion pipeline after the body is parsed, top to bottom in `ingest()`:
 
     authenticate → rate limit → split batch → privacy → validate → plan → enrich → quality → store → profiles
+    → receipts (of what was not stored)
 
 http/events.py calls it for every event POST (and http/browser.py for pixel beacons); it sees the
 request only through `intake.Caller`, and every stage is a plain function.
@@ -22,6 +23,7 @@ from collector.paths import BATCH
 from collector.pipeline import auth, intake, plans, privacy, ratelimit, repair
 from collector.pipeline.enrichment import ENRICHMENT_REPAIRS, Arrival, enrich, now_micros
 from collector.pipeline.intake import Caller
+from collector.pipeline.receipts import receipts_for
 from collector.pipeline.records import Flags, Indexed, IntakeReport, Problem, Rejected
 from collector.pipeline.runtime import Runtime
 from collector.pipeline.validation import Validators
@@ -43,7 +45,7 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     messages, arrival, flags = split(payload, kind, body_size, caller, runtime, source)  # 400 / 413
     if parsed.needs_scrub:
         scrub_all(messages, flags)  # lone surrogates, NUL, NaN: repaired item by item
-    dropped: set[int] = set()
+    dropped: dict[int, str] = {}  # index → the privacy policy that dropped it
     if runtime.privacy.applies(source):  # the source's policy, before anything else sees the messages
         shared_context = kind == BATCH and isinstance(payload.get("context"), dict)
         dropped, changes = privacy.apply(runtime.privacy, source, caller, arrival, messages, shared_context)
@@ -61,6 +63,9 @@ async def ingest(runtime: Runtime, caller: Caller, parsed: intake.Parsed, body_s
     write_seconds = time.perf_counter() - began
     for user_id, traits in profile_updates(kept, result.inserted_ids):
         await runtime.profiles.merge_user(source.workspace_id, user_id, None, traits, arrival.received_at_text)
+    receipts = receipts_for(source, messages, events, result, refused, dropped, arrival.received_at_text)
+    if receipts:  # duplicates, rejections, privacy drops: what was not stored (best effort)
+        await runtime.receipts.record(receipts)
 
     runtime.count("plan_violations", source.id, planned.violations)
     # Outcomes (accepted, duplicate, quarantined, rejected) are counted by the metrics listener.
@@ -259,7 +264,7 @@ def _in_items(problem: Problem) -> bool:
 
 
 def validate(
-    messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags, dropped: set[int]
+    messages: list[Any], runtime: Runtime, check_sizes: bool, flags: Flags, dropped: dict[int, str]
 ) -> tuple[Indexed, list[Rejected]]:
     """(index, message) of the messages that meet the contract, and (index, message, errors) of
     those that do not, leaving out those a privacy policy dropped. The quality problems of valid

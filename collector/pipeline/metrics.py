@@ -247,7 +247,17 @@ def counter_families(counters: Counter[tuple[str, str]]) -> Iterator[CounterMetr
     for (name, source), value in sorted(counters.items()):
         if name.startswith("privacy:"):
             privacy.add_metric([source, name.partition(":")[2]], value)
-    yield from (requests, series, limited, violations, privacy)
+    failed = CounterMetricFamily(
+        "collector_receipts_failed",
+        "Receipts that could not be written (the answers stood), by source.",
+        labels=["source"],
+    )
+    for (name, source), value in sorted(counters.items()):
+        if name == "receipts_failed":
+            failed.add_metric([source], value)
+    expired = CounterMetricFamily("collector_receipts_expired", "Receipts deleted after receiptRetention.")
+    expired.add_metric([], sum(v for (name, _), v in counters.items() if name == "receipts_expired"))
+    yield from (requests, series, limited, violations, privacy, failed, expired)
 
 
 class Pool:

@@ -95,17 +95,19 @@ class Guard:
 
 def apply(
     guard: Guard, source: Source, caller: Caller, arrival: Arrival, messages: list[Any], shared_context: bool
-) -> tuple[set[int], Counter[str]]:
-    """(indices of the messages dropped, how many messages each reason dropped or changed). Kept
+) -> tuple[dict[int, str], Counter[str]]:
+    """(index of each message dropped → the reason, how many messages each reason dropped or changed). Kept
     messages, and the arrival whose IP and User-Agent enrichment copies, are changed in place.
     `shared_context`: a batch envelope's context was merged into the items (shallowly), so
     redaction, which works in place, gets each item's own copy."""
     policy = source.privacy
     reasons: Counter[str] = Counter()
+    dropped: dict[int, str] = {}
     signal = _signal(policy, caller)
     if signal is not None and signal[1] == "drop":
-        dropped = {index for index, message in enumerate(messages) if isinstance(message, dict)}
-        reasons[f"{signal[0]}_dropped"] = len(dropped)
+        reason = f"{signal[0]}_dropped"
+        dropped.update((index, reason) for index, message in enumerate(messages) if isinstance(message, dict))
+        reasons[reason] = len(dropped)
         return dropped, reasons
     peer_ip_reason = None
     if signal is not None:  # anonymize: enrichment adds neither the peer's IP nor its User-Agent
@@ -116,7 +118,6 @@ def apply(
         peer_ip_reason = "ip_truncated" if arrival.ip is not None else "ip_dropped"
     suppressed = guard.suppressed.get(source.workspace_id)
     redactor = guard.redactors.get(source.id)
-    dropped = set()
     for index, message in enumerate(messages):
         if not isinstance(message, dict):  # not a message: refused or quarantined later, as it is now
             if redactor is not None and isinstance(message, (str, list)):
@@ -126,12 +127,12 @@ def apply(
                     reasons["redacted"] += 1
             continue
         if suppressed and _is_suppressed(guard, source.workspace_id, suppressed, message):
-            dropped.add(index)
+            dropped[index] = "suppressed"
             reasons["suppressed"] += 1
             continue
         consent = _consent(policy, message)
         if consent is not None:
-            dropped.add(index)
+            dropped[index] = consent
             reasons[consent] += 1
             continue
         context = message.get("context")

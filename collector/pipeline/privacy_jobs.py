@@ -161,6 +161,7 @@ class PrivacyService:
             counts = {
                 "events": first.events + second.events,
                 "quarantined": first.quarantined + second.quarantined,
+                "receipts": first.receipts + second.receipts,
                 "profiles": profiles,
                 "seconds": round(time.monotonic() - began, 3),
             }
@@ -206,5 +207,5 @@ class PrivacyService:
             except Exception:
                 log.warning("retention for source %s failed", source.id, exc_info=True)
                 continue
-            if erased.events or erased.quarantined:
-                self.counters[("privacy:expired", source.id)] += erased.events + erased.quarantined
+            if sum(erased):
+                self.counters[("privacy:expired", source.id)] += sum(erased)

@@ -15,6 +15,7 @@ from collector.pipeline.privacy import Guard
 from collector.pipeline.privacy_jobs import PrivacyService
 from collector.pipeline.ratelimit import RateLimiter
 from collector.pipeline.readiness import Readiness
+from collector.pipeline.receipts import Receipts
 from collector.pipeline.records import IntakeReport
 from collector.pipeline.validation import Validators
 from collector.schema.plans import Plan
@@ -36,6 +37,7 @@ class Runtime:
     readiness: Readiness
     privacy: Guard  # compiled privacy policies and suppressed identities
     privacy_service: PrivacyService  # suppressions, deletions, retention
+    receipts: Receipts  # what became of messages that were not stored
     # plan_violations / rate_limited / telemetry_*, per (counter, source id); event outcomes are in metrics
     counters: Counter[tuple[str, str]]
     ready: bool = False
