@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -161,17 +162,37 @@ def test_nothing_was_deduplicated_so_nothing_was_sent_twice(report: dict[str, An
     assert outcomes["accepted"] >= 5 * len(SCENARIOS)
 
 
-def test_debugger_shows_events_and_validation_errors_live(report: dict[str, Any]) -> None:
+def test_debugger_shows_the_past_then_events_and_validation_errors_live(
+    report: dict[str, Any], collector: Server
+) -> None:
     log = report["debugger"]
     assert log["consoleErrors"] == [] and log["pageErrors"] == []
+    # Sent before the page was opened: shown from storage and receipts, newest first.
+    assert log["historySent"] == [200, 200, 400]
+    assert log["historyStatuses"] == ["rejected", "duplicate", "stored"]
+    assert 3 <= log["earlierRows"] <= 50
     assert log["validStatus"] == 200 and log["invalidStatus"] == 400
     # waitForSelector had a 1 s budget after each send; the numbers are reported for the record
     assert log["validShownAfterMs"] <= 1500 and log["invalidShownAfterMs"] <= 1500
     assert "rejected" in log["invalidText"] and "/event" in log["invalidText"]  # the error, with its pointer
     assert log["visibleWithUserFilter"] == 2  # the valid and the invalid dbg-user messages
-    assert log["visibleWithTypeFilter"] == 1  # the identify
-    assert log["visibleUnfiltered"] == 3
+    assert log["visibleWithTypeFilter"] == log["identifyRows"] >= 1  # the live identify, and earlier ones
+    assert log["visibleStatusesWhenRejected"] == ["rejected"] * len(log["visibleStatusesWhenRejected"])
+    assert len(log["visibleStatusesWhenRejected"]) >= 2  # the earlier rejection and the live one
+    assert log["visibleUnfiltered"] == log["rows"] >= log["earlierRows"] + 3
     assert (ARTIFACTS / "debugger.png").stat().st_size > 1000
+    # "copy as curl" replays the entry: the stored one again is a duplicate, the rejected one is refused again.
+    environ = {"PATH": os.environ["PATH"], "WRITE_KEY": WRITE_KEY}
+    replayed = subprocess.run(["bash", "-c", log["curl"]["stored"]], capture_output=True, env=environ, timeout=30)
+    assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"success": True}, replayed.stderr
+    receipts = httpx.get(f"{collector.url}/v1/receipts/{log['historyId']}", headers=bearer(ADMIN)).json()
+    assert [r["status"] for r in receipts["receipts"]] == ["stored", "duplicate", "duplicate"]
+    refused = subprocess.run(["bash", "-c", log["curl"]["rejected"]], capture_output=True, env=environ, timeout=30)
+    assert json.loads(refused.stdout)["errors"][0]["pointer"] == "/event", refused.stdout
+    unkeyed = subprocess.run(
+        ["bash", "-c", log["curl"]["stored"]], capture_output=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert unkeyed.returncode != 0 and b"WRITE_KEY" in unkeyed.stderr  # the key is never in the page
 
 
 def test_settings_endpoint_points_analytics_at_this_collector(collector: Server) -> None:

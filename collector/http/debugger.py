@@ -1,7 +1,11 @@
-"""The live debugger: `GET /debugger` (a page) and `GET /debugger/stream` (Server-Sent Events).
+"""The live debugger: `GET /debugger` (a page), `GET /debugger/history` (the last arrivals, from
+storage and receipts) and `GET /debugger/stream` (Server-Sent Events).
 
-Shows events as they arrive, per source, with the validation errors of invalid ones. Both need
-the admin token, as `Authorization: Bearer` or `?token=` (EventSource cannot send headers).
+On open the page shows the last 50 arrivals (stored, quarantined, and the receipts of those not
+stored: duplicate, rejected, suppressed, dropped), then events as they arrive, per source, with
+the validation errors of invalid ones; a filter by status, and per entry a curl command that
+replays it. All need the admin token, as `Authorization: Bearer` or `?token=` (EventSource cannot
+send headers).
 
 Each stream lasts at most STREAM_SECONDS, then the browser's EventSource reconnects by itself
 with `Last-Event-ID`, and the entries it missed are replayed from a small in-memory ring. The
@@ -25,11 +29,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from collector.http.readback import int_param
+from collector.http.responses import json_response
 from collector.pipeline.auth import AdminRequired, bearer_token
 from collector.pipeline.debug_hub import QUEUE_SIZE, Entry
 from collector.pipeline.runtime import Runtime
 
 STREAM_SECONDS = 10.0
+HISTORY_SIZE = 50  # arrivals the page shows on open
 KEEPALIVE_SECONDS = 5.0
 
 
@@ -89,14 +96,31 @@ async def stream(request: Request) -> Response:
     )
 
 
+async def history(request: Request) -> Response:
+    """GET /debugger/history?token=&sourceId=&limit= : {"data": arrivals newest first, "streamFrom"}.
+    `streamFrom` is taken before storage is read: a stream opened with it as lastEventId misses
+    nothing that arrived since (the page drops what it got twice)."""
+    runtime: Runtime = request.app.state.runtime
+    require_admin_token(request, runtime)
+    limit = int_param(request, "limit", HISTORY_SIZE, 1, 500)
+    stream_from = runtime.debug_hub.now_id()
+    wanted = request.query_params.get("sourceId") or None
+    store = runtime.receipts.store
+    found = await store.recent_arrivals(wanted, limit) if store is not None else []
+    answer = json_response({"data": found, "streamFrom": str(stream_from)})
+    answer.headers["Cache-Control"] = "no-store"
+    return answer
+
+
 async def page(request: Request) -> Response:
     """GET /debugger?token= : the page; it opens the stream with the same token."""
     runtime: Runtime = request.app.state.runtime
     require_admin_token(request, runtime)
     sources = sorted({(s.id, s.name) for s in runtime.settings.write_keys.values()})
     options = "".join(f'<option value="{_attr(i)}">{_attr(n)} ({_attr(i)})</option>' for i, n in sources)
+    prefix = _attr(runtime.settings.ingest_prefixes[0])
     return Response(
-        PAGE.replace("<!--sources-->", options),
+        PAGE.replace("<!--sources-->", options).replace("<!--prefix-->", prefix),
         media_type="text/html; charset=utf-8",
         headers={
             "Cache-Control": "no-store",
@@ -115,6 +139,7 @@ def routes() -> list[Route]:
     return [
         Route("/debugger", page, methods=["GET"]),
         Route("/debugger/stream", stream, methods=["GET"]),
+        Route("/debugger/history", history, methods=["GET"]),
     ]
 
 
@@ -133,20 +158,26 @@ header input,header select{margin-left:4px;padding:3px 6px}
 #list li{background:#fff;border:1px solid #d8dce3;border-left:4px solid #2f6feb;border-radius:4px;
   margin:6px 0;padding:6px 10px}
 #list li.invalid{border-left-color:#cf222e;background:#fff6f6}
+#list li.skipped{border-left-color:#9a6700;background:#fffbeb}
+#list li.earlier{opacity:.9}
 .line{display:flex;gap:10px;cursor:pointer;align-items:baseline}
 .type{font-weight:600;min-width:70px}.name{min-width:160px}.who,.src,.time{color:#57606a;font-size:12px}
 .badge{font-size:11px;color:#fff;background:#cf222e;border-radius:6px;padding:1px 6px}
+.skipped .badge{background:#9a6700}
+.tag{font-size:11px;color:#57606a;border:1px solid #d8dce3;border-radius:6px;padding:0 5px}
+button.curl{margin-left:auto;font-size:11px}
 pre{background:#f3f4f6;padding:8px;overflow:auto;max-height:320px;margin:6px 0 0}
 ul.errors{margin:6px 0 0;color:#a40e26;font-family:monospace;font-size:12px}
 #empty{color:#57606a;padding:16px}
-</style></head><body>
+</style></head><body data-ingest="<!--prefix-->">
 <header><h1>Live debugger</h1>
 <label>source <select id="f-source"><option value="">all</option><!--sources--></select></label>
+<label>status <select id="f-status"><option value="">all</option><option>stored</option><option>duplicate</option>
+<option>rejected</option><option>quarantined</option><option>suppressed</option><option>dropped</option></select></label>
 <label>type <select id="f-type"><option value="">all</option><option>track</option><option>page</option>
 <option>screen</option><option>identify</option><option>group</option><option>alias</option></select></label>
 <label>event <input id="f-event" placeholder="name contains"></label>
 <label>user <input id="f-user" placeholder="userId / anonymousId"></label>
-<label><input type="checkbox" id="f-invalid"> invalid only</label>
 <span id="status">connecting</span></header>
 <div id="empty">Waiting for events…</div>
 <ul id="list"></ul>
@@ -154,67 +185,120 @@ ul.errors{margin:6px 0 0;color:#a40e26;font-family:monospace;font-size:12px}
 "use strict";
 const token = new URLSearchParams(location.search).get("token") || "";
 const list = document.getElementById("list"), statusEl = document.getElementById("status");
-const filters = ["f-source", "f-type", "f-event", "f-user", "f-invalid"].map((id) => document.getElementById(id));
+const filters = ["f-source", "f-status", "f-type", "f-event", "f-user"].map((id) => document.getElementById(id));
 const MAX_ROWS = 500;
+const TYPES = ["track", "page", "screen", "identify", "group", "alias"];
+const shownEarlier = new Set();  // status|messageId of history rows: the stream may bring them again
 function el(tag, cls, text) {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
   if (text !== undefined) node.textContent = text;
   return node;
 }
+// A live entry ({kind, outcome}) and a history entry ({status, at}) in one shape.
+function statusOf(entry) { return entry.status || (entry.kind === "event" ? "stored" : entry.outcome); }
+function messageOf(entry) { return entry.message && typeof entry.message === "object" ? entry.message : {}; }
 function matches(entry) {
-  const values = filters.map((f) => (f.type === "checkbox" ? f.checked : f.value.trim()));
-  const [source, type, eventText, user, invalidOnly] = values;
-  const m = entry.message && typeof entry.message === "object" ? entry.message : {};
+  const [source, status, type, eventText, user] = filters.map((f) => f.value.trim());
+  const m = messageOf(entry);
   const name = String(m.event ?? m.name ?? "");
   if (source && entry.sourceId !== source) return false;
+  if (status && statusOf(entry) !== status) return false;
   if (type && m.type !== type) return false;
   if (eventText && !name.toLowerCase().includes(eventText.toLowerCase())) return false;
   if (user && String(m.userId ?? "") !== user && String(m.anonymousId ?? "") !== user) return false;
-  if (invalidOnly && entry.kind !== "invalid") return false;
   return true;
 }
-function render(entry) {
-  const m = entry.message && typeof entry.message === "object" ? entry.message : {};
-  const row = el("li", entry.kind === "invalid" ? "invalid" : "event");
+// A command that sends the entry's message again, as it was kept; the write key comes from $WRITE_KEY.
+function curlFor(entry) {
+  const m = entry.message;
+  const single = m && typeof m === "object" && !Array.isArray(m) && TYPES.includes(m.type);
+  const path = document.body.dataset.ingest + "/" + (single ? m.type : "batch");
+  const body = JSON.stringify(single ? m : { batch: [m] });
+  return `curl -sS -X POST '${location.origin}${path}' -u "\\${WRITE_KEY:?set WRITE_KEY}:" ` +
+    `-H 'Content-Type: application/json' --data-binary @- <<'JSON'\\n${body}\\nJSON`;
+}
+function render(entry, earlier) {
+  const m = messageOf(entry);
+  const status = statusOf(entry);
+  const invalid = status === "rejected" || status === "quarantined";
+  const kind = status === "stored" ? "event" : invalid ? "invalid" : "skipped";
+  const row = el("li", kind + (earlier ? " earlier" : ""));
   row.entry = entry;
-  row.dataset.kind = entry.kind;
+  row.dataset.status = status;
   const line = el("div", "line");
-  line.append(el("span", "type", m.type ?? "?"), el("span", "name", String(m.event ?? m.name ?? "")),
+  // A receipt without a body (duplicate, suppressed, dropped) is named by its messageId.
+  const name = entry.message === undefined ? String(entry.messageId ?? "") : String(m.event ?? m.name ?? "");
+  line.append(el("span", "type", m.type ?? "—"), el("span", "name", name),
     el("span", "who", String(m.userId ?? m.anonymousId ?? "")), el("span", "src", entry.sourceId),
-    el("span", "time", String(m.receivedAt ?? new Date().toISOString())));
+    el("span", "time", String(entry.at ?? m.receivedAt ?? new Date().toISOString())));
   // Stored but flagged: the quality violations and repairs the collector recorded in the event.
   const flags = ((m.context || {}).protocols || {}).violations || [];
   const quality = Array.isArray(flags) ? flags.filter((v) => v && v.rule) : [];
-  if (entry.kind === "invalid") line.append(el("span", "badge", entry.outcome));
+  if (status !== "stored") line.append(el("span", "badge", status));
   else if (quality.length) line.append(el("span", "badge", `flagged ${quality.length}`));
+  if (entry.policy) line.append(el("span", "tag", entry.policy));
+  if (earlier) line.append(el("span", "tag", "earlier"));
+  if (!entry.messageId && m.messageId) entry.messageId = m.messageId;
+  if (entry.message !== undefined && entry.message !== null) {
+    const copy = el("button", "curl", "copy as curl");
+    copy.type = "button";
+    copy.addEventListener("click", (click) => {
+      click.stopPropagation();
+      const command = curlFor(entry);
+      let shown = row.querySelector("pre.curl");
+      if (!shown) { shown = el("pre", "curl"); row.append(shown); }
+      shown.textContent = command;
+      if (navigator.clipboard) navigator.clipboard.writeText(command).catch(() => {});
+    });
+    line.append(copy);
+  }
   row.append(line);
-  if (entry.kind === "invalid") {
+  if (entry.errors && entry.errors.length) {
     const errors = el("ul", "errors");
-    for (const e of entry.errors || []) errors.append(el("li", "", `${e.pointer || "/"} ${e.keyword}: ${e.message}`));
+    for (const e of entry.errors) errors.append(el("li", "", `${e.pointer || "/"} ${e.keyword}: ${e.message}`));
     row.append(errors);
   } else if (quality.length) {
     const notes = el("ul", "errors");
     for (const v of quality) notes.append(el("li", "", `${v.field || "/"} ${v.rule}: ${v.description}`));
     row.append(notes);
   }
-  const pre = el("pre", "", JSON.stringify(entry.message, null, 2));
-  pre.hidden = entry.kind !== "invalid" && list.children.length > 0;
-  line.addEventListener("click", () => { pre.hidden = !pre.hidden; });
-  row.append(pre);
+  if (entry.message !== undefined) {
+    const pre = el("pre", "", JSON.stringify(entry.message, null, 2));
+    pre.hidden = kind !== "invalid" && list.children.length > 0;
+    line.addEventListener("click", () => { pre.hidden = !pre.hidden; });
+    row.append(pre);
+  }
   row.hidden = !matches(entry);
   return row;
 }
 function refilter() { for (const row of list.children) row.hidden = !matches(row.entry); }
 filters.forEach((f) => f.addEventListener("input", refilter));
-const url = "/debugger/stream?token=" + encodeURIComponent(token);
-const source = new EventSource(url);
-source.onopen = () => { statusEl.textContent = "live"; statusEl.className = "live"; };
-source.onerror = () => { statusEl.textContent = "reconnecting"; statusEl.className = ""; };
-source.addEventListener("arrival", (message) => {
-  document.getElementById("empty").hidden = true;
-  list.prepend(render(JSON.parse(message.data)));
-  while (list.children.length > MAX_ROWS) list.lastChild.remove();
-});
+function follow(streamFrom) {
+  let url = "/debugger/stream?token=" + encodeURIComponent(token);
+  if (streamFrom) url += "&lastEventId=" + encodeURIComponent(streamFrom);
+  const source = new EventSource(url);
+  source.onopen = () => { statusEl.textContent = "live"; statusEl.className = "live"; };
+  source.onerror = () => { statusEl.textContent = "reconnecting"; statusEl.className = ""; };
+  source.addEventListener("arrival", (message) => {
+    const entry = JSON.parse(message.data);
+    const key = statusOf(entry) + "|" + messageOf(entry).messageId;
+    if (shownEarlier.delete(key)) return;  // already shown from the history
+    document.getElementById("empty").hidden = true;
+    list.prepend(render(entry, false));
+    while (list.children.length > MAX_ROWS) list.lastChild.remove();
+  });
+}
+fetch("/debugger/history?token=" + encodeURIComponent(token), { cache: "no-store" })
+  .then((answer) => (answer.ok ? answer.json() : { data: [], streamFrom: "" }))
+  .catch(() => ({ data: [], streamFrom: "" }))
+  .then((history) => {
+    for (const entry of history.data) {
+      list.append(render(entry, true));
+      if (entry.messageId) shownEarlier.add(entry.status + "|" + entry.messageId);
+    }
+    if (history.data.length) document.getElementById("empty").hidden = true;
+    follow(history.streamFrom);
+  });
 </script></body></html>
 """

@@ -65,17 +65,41 @@ async function runScenario(browser, mode) {
 }
 
 async function runDebugger(browser) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
-  const page = await context.newPage();
-  const log = observe(page);
-  await page.goto(`${config.collector}/debugger?token=${encodeURIComponent(config.adminToken)}`);
-  await page.waitForSelector("#status.live", { timeout: 10000 });
   const send = (path, body, key) =>
     fetch(`${config.collector}${path}`, {
       method: "POST",
       headers: { Authorization: "Basic " + Buffer.from(`${key}:`).toString("base64"), "Content-Type": "application/json" },
       body: JSON.stringify(body),
     }).then((answer) => answer.status);
+  // Before the page opens: a stored event, a re-send of it (a duplicate) and a rejected message.
+  const historyId = `hist-${Date.now()}`;
+  const earlier = { event: "History Probe", userId: "hist-user", messageId: historyId, properties: { n: 0 } };
+  const historySent = [
+    await send("/v1/track", earlier, config.writeKey),
+    await send("/v1/track", earlier, config.writeKey),
+    await send("/v1/track", { userId: "hist-user", messageId: `${historyId}-bad`, properties: { n: -1 } }, config.writeKey),
+  ];
+
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  const log = observe(page);
+  log.historyId = historyId;
+  log.historySent = historySent;
+  await page.goto(`${config.collector}/debugger?token=${encodeURIComponent(config.adminToken)}`);
+  await page.waitForSelector("#status.live", { timeout: 10000 });
+  // Rows the page showed from the history (newest first), by status.
+  log.historyStatuses = await page.$$eval(
+    "#list > li.earlier",
+    (rows, id) => rows.filter((r) => String(r.entry.messageId || "").startsWith(id)).map((r) => r.dataset.status),
+    historyId,
+  );
+  log.earlierRows = await page.locator("#list > li.earlier").count();
+  log.curl = {};
+  for (const status of ["stored", "rejected"]) {
+    const row = page.locator(`#list > li.earlier[data-status="${status}"]`).filter({ hasText: "hist-user" }).first();
+    await row.locator("button.curl").click();
+    log.curl[status] = await row.locator("pre.curl").innerText();
+  }
 
   const began = Date.now();
   log.validStatus = await send("/v1/track", { event: "Debugger Probe", userId: "dbg-user", properties: { n: 1 } }, config.writeKey);
@@ -84,9 +108,9 @@ async function runDebugger(browser) {
 
   const invalidBegan = Date.now();
   log.invalidStatus = await send("/v1/track", { userId: "dbg-user", properties: { n: 2 } }, config.writeKey);
-  await page.waitForSelector("li.invalid", { timeout: 1000 });
+  await page.waitForSelector('li.invalid:has-text("dbg-user")', { timeout: 1000 });
   log.invalidShownAfterMs = Date.now() - invalidBegan;
-  log.invalidText = await page.locator("li.invalid").first().innerText();
+  log.invalidText = await page.locator("#list > li.invalid").first().innerText();
 
   await send("/v1/identify", { userId: "someone-else", traits: { plan: "pro" } }, config.writeKey);
   await page.waitForSelector('li.event:has-text("someone-else")', { timeout: 1000 });
@@ -95,8 +119,13 @@ async function runDebugger(browser) {
   await page.fill("#f-user", "");
   await page.selectOption("#f-type", "identify");
   log.visibleWithTypeFilter = await page.locator("#list > li:visible").count();
+  log.identifyRows = await page.$$eval("#list > li", (rows) => rows.filter((r) => r.entry.message?.type === "identify").length);
   await page.selectOption("#f-type", "");
+  await page.selectOption("#f-status", "rejected");
+  log.visibleStatusesWhenRejected = await page.$$eval("#list > li", (rows) => rows.filter((r) => !r.hidden).map((r) => r.dataset.status));
+  await page.selectOption("#f-status", "");
   log.visibleUnfiltered = await page.locator("#list > li:visible").count();
+  log.rows = await page.locator("#list > li").count();
   await page.screenshot({ path: `${config.artifacts}/debugger.png`, fullPage: true });
   await context.close();
   return log;
