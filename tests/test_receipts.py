@@ -6,16 +6,32 @@ what is kept, expiry after receiptRetention, erasure with a deletion, and the de
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from helpers import ADMIN, QUARANTINE_KEY, WORKSPACE, WRITE_KEY, Server, basic, bearer, config_doc, start_server
+from helpers import (
+    ADMIN,
+    QUARANTINE_KEY,
+    WORKSPACE,
+    WRITE_KEY,
+    Server,
+    basic,
+    bearer,
+    config_doc,
+    make_client,
+    scrape,
+    start_server,
+    value,
+    write_config,
+)
 
 CONSENT_KEY = "WK_RECEIPT_CONSENT"
 RETENTION_SECONDS = 3600
@@ -267,3 +283,21 @@ def test_a_rejected_message_is_kept_without_its_write_key_and_big_ones_without_a
     shown = next(e for e in history if e["messageId"] == keyed["messageId"])
     assert "writeKey" not in shown["message"] and shown["message"]["userId"] == "u-receipts"
     assert next(e for e in history if e["messageId"] == big["messageId"])["message"] is None  # over 64 KB
+
+
+def test_a_failed_receipt_write_leaves_the_answer_and_is_counted(tmp_path: Path) -> None:
+    database = tmp_path / "events.db"
+    with make_client(write_config(tmp_path / "collector.yaml"), f"sqlite:///{database}") as client:
+        sent = track()
+        assert client.post("/v1/track", json=sent, headers=basic(WRITE_KEY)).status_code == 200
+        with sqlite3.connect(database) as conn:
+            conn.execute("DROP TABLE receipts")  # every receipt write fails from now on
+        assert client.post("/v1/track", json=sent, headers=basic(WRITE_KEY)).json() == {"success": True}
+        invalid = track()
+        del invalid["event"]
+        answer = client.post("/v1/track", json=invalid, headers=basic(WRITE_KEY))
+        assert answer.status_code == 400 and answer.json()["errors"][0]["pointer"] == "/event"
+        samples = scrape(client)
+        assert value(samples, "collector_receipts_failed_total", source="src_web") == 2
+        found = client.get(f"/v1/receipts/{sent['messageId']}", headers=bearer(ADMIN))
+        assert found.status_code == 503 and found.json()["code"] == "storage_unavailable"  # not a partial answer

@@ -30,7 +30,7 @@ from collector.settings import Settings, Source
 from collector.storage.base import EventQuery, Receipt, ReceiptStore, Storage, StoredEvent, WriteResult, arrival
 
 MESSAGE_BYTES = 65536  # a rejected message larger than this is kept without its body
-LOOKUP_LIMIT = 100  # receipts of each kind returned for one messageId
+LOOKUP_LIMIT = 1000  # of each kind (stored, quarantined, receipt rows) returned for one messageId
 NO_DETAIL = b"{}"
 
 log = logging.getLogger("collector")
@@ -136,7 +136,7 @@ class Receipts:
         ]
         if self.store is not None:
             cutoff = self.cutoff()
-            for receipt in await self.store.read_receipts(message_id, workspace_id):
+            for receipt in await self.store.read_receipts(message_id, workspace_id, LOOKUP_LIMIT):
                 if cutoff is None or receipt["at"] >= cutoff:
                     receipt.pop("message", None)  # the receipt says what happened; the debugger shows bodies
                     found.append(receipt)

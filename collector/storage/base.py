@@ -165,8 +165,8 @@ class ReceiptStore(Protocol):
 
     async def write_receipts(self, receipts: list[Receipt]) -> None: ...
 
-    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
-        """The receipts kept for that messageId (see `arrival`), oldest first."""
+    async def read_receipts(self, message_id: str, workspace_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The first `limit` receipts kept for that messageId (see `arrival`), oldest first."""
         ...
 
     async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:

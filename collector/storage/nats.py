@@ -75,7 +75,6 @@ OPTIONS: dict[str, Any] = {
 }
 SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
-SCAN_LIMIT = 1000  # receipts read for one messageId
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
 PROBE_TIMEOUT = 1.0  # the readiness loop counts a slower probe as a failure anyway
 RECENT = 2.0  # seconds a failed event publish keeps ping() false (unless one succeeds meanwhile)
@@ -403,13 +402,13 @@ class NATSStorage:
             messages.append((self._receipt_subject(receipt.workspace_id, receipt.message_id), payload, headers))
         await self._publish_all(messages)
 
-    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+    async def read_receipts(self, message_id: str, workspace_id: str | None, limit: int) -> list[dict[str, Any]]:
         def render(msg: Msg) -> dict[str, Any] | None:
             kept = orjson.loads(msg.data)
             return _receipt(kept) if kept["messageId"] == message_id else None  # a digest may collide
 
         subject = self._receipt_subject(workspace_id, message_id)
-        page = await self._scan(self.receipts_stream, subject, 0, SCAN_LIMIT, render)
+        page = await self._scan(self.receipts_stream, subject, 0, limit, render)
         return [{key: value for key, value in item.items() if key != "position"} for item in page.items]
 
     async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:

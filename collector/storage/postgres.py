@@ -370,12 +370,12 @@ class PostgresStorage:
             columns,
         )
 
-    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+    async def read_receipts(self, message_id: str, workspace_id: str | None, limit: int) -> list[dict[str, Any]]:
         sql = "SELECT status, workspace_id, source_id, message_id, at, detail::text FROM receipts WHERE message_id = %s"
         params = [_text(message_id)]
         if workspace_id is not None:
             sql, params = sql + " AND workspace_id = %s", [*params, workspace_id]
-        rows = await self._fetch(sql + " ORDER BY position", params)
+        rows = await self._fetch(sql + " ORDER BY position LIMIT %s", [*params, limit])
         return [arrival(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5])) for row in rows]
 
     async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:

@@ -443,12 +443,12 @@ class SQLiteStorage:
         sql = "INSERT INTO receipts (workspace_id, source_id, message_id, status, at, detail) VALUES (?,?,?,?,?,?)"
         await self._submit(lambda conn: conn.executemany(sql, receipts))
 
-    async def read_receipts(self, message_id: str, workspace_id: str | None) -> list[dict[str, Any]]:
+    async def read_receipts(self, message_id: str, workspace_id: str | None, limit: int) -> list[dict[str, Any]]:
         sql = "SELECT status, workspace_id, source_id, message_id, at, detail FROM receipts WHERE message_id = ?"
         params = [message_id]
         if workspace_id is not None:
             sql, params = sql + " AND workspace_id = ?", [*params, workspace_id]
-        rows = await self._read(_fetch_all(sql + " ORDER BY position", params))
+        rows = await self._read(_fetch_all(sql + " ORDER BY position LIMIT ?", [*params, limit]))
         return [arrival(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5])) for row in rows]
 
     async def recent_arrivals(self, source_id: str | None, limit: int) -> list[dict[str, Any]]:
