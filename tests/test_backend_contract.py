@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -168,6 +169,34 @@ def test_duplicates_are_stored_once_and_counted(url: str) -> None:
         assert sorted(ids) == sorted(["d1", "d2", "d3", *(f"c{i}" for i in range(30))])
 
     run(url, scenario)
+
+
+def test_concurrent_writers_report_each_new_message_id_inserted_exactly_once(url: str) -> None:
+    """Two instances (as two nodes) writing overlapping batches, spread out in time so that many
+    commits are in flight at once: each messageId is in the inserted_ids of exactly one write (an
+    identify's traits reach its profile once), and stored once."""
+
+    async def later(store: Any, batch: list[StoredEvent], delay: float) -> Any:
+        await asyncio.sleep(delay)
+        return await store.write(batch)
+
+    async def main() -> None:
+        async with opened(url) as a, opened(url) as b:
+            batches = [[event(f"k{i}") for i in range(j, j + 10)] for j in range(0, 200, 5)]  # ids 0..204
+            writes = [
+                later(store, batch, 0.002 * (n % 25))
+                for n, batch in enumerate(batches)
+                for store in ((a, b) if n % 2 else (b, a))
+            ]
+            results = await asyncio.gather(*writes)
+            counts = Counter(message_id for result in results for message_id in result.inserted_ids)
+            assert set(counts) == {f"k{i}" for i in range(205)} and set(counts.values()) == {1}, counts
+            assert sum(r.stored for r in results) == 205 and all(r.stored == len(r.inserted_ids) for r in results)
+            assert sum(r.duplicates for r in results) == 2 * 10 * len(batches) - 205
+            stored = [i["event"]["messageId"] for i in await all_events(a, workspace_id=WS)]
+            assert sorted(stored) == sorted(counts)
+
+    asyncio.run(main())
 
 
 def test_quarantine_is_kept_apart(url: str) -> None:

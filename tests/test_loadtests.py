@@ -96,15 +96,16 @@ def test_locust_run_fails_when_a_threshold_is_crossed(tmp_path: Path, config_pat
         server.stop()
 
 
-@pytest.mark.parametrize("generator", ["auto", "bundled"])
-def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
+@pytest.mark.parametrize(("generator", "storage"), [("auto", "sqlite"), ("bundled", "sqlite"), ("auto", "nats")])
+def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str, storage: str) -> None:
     if generator == "auto" and not shutil.which("wrk"):
         pytest.skip("wrk is not installed (the bundled case covers the fallback)")
     out = tmp_path / "bench.json"
-    # With wrk, this checkout is also its own --baseline: the A/B mode runs a second collector.
-    baseline = ["--baseline", str(LOADTESTS.parent)] if generator == "auto" else []
+    # With wrk on SQLite, this checkout is also its own --baseline: the A/B mode runs a second collector.
+    baseline = ["--baseline", str(LOADTESTS.parent)] if (generator, storage) == ("auto", "sqlite") else []
     done = subprocess.run(
         [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--generator", generator, "--json", str(out)]
+        + ["--storage", storage]
         + baseline,
         cwd=tmp_path,
         capture_output=True,
@@ -119,6 +120,12 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str) -> None:
         assert scenario["requests"] > 0, (name, scenario)
         assert scenario["errors"] == 0, (name, scenario)
     assert summary["peak_rss_mb"]["collector"] > 0
+    # The backend is named, and the CPU per event measured for the collector (and the NATS server).
+    assert summary["storage"] == storage and f"storage: {storage}" in done.stdout
+    for name in ("durable", "single", "batch"):
+        assert summary["cpu_us_per_event"][name]["server"] > 0, summary["cpu_us_per_event"]
+        if storage == "nats":
+            assert summary["cpu_us_per_event"][name]["storage_server"] > 0, summary["cpu_us_per_event"]
     assert 0 < summary["fdatasync_ms"][0] <= summary["fdatasync_ms"][1]
     if baseline:
         for name in ("single_base", "batch_base"):

@@ -206,6 +206,11 @@ class PostgresStorage:
         )
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Group commits in flight at once, each on a connection of its own: half the pool, so reads
+        # and profile merges keep connections. They still commit one at a time (EVENTS_LOCK), but the
+        # next group is encoded, sent and waiting on the lock while the one before is flushed.
+        self._commit_slots = max(1, self.pool.max_size // 2)
+        self._commits: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({masked(self.url)!r})"
@@ -231,6 +236,7 @@ class PostgresStorage:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
+        await asyncio.gather(*self._commits, return_exceptions=True)  # their requests get an answer
         await self.pool.close()
 
     async def ping(self) -> bool:
@@ -253,18 +259,32 @@ class PostgresStorage:
         return await future
 
     async def _write_loop(self) -> None:
+        """Up to `_commit_slots` group commits in flight; a group takes whatever requests wait when
+        a slot frees (alone when the queue was empty: no added latency at low load)."""
+        slots = asyncio.Semaphore(self._commit_slots)
         while True:
+            await slots.acquire()
             group = [await self._queue.get()]
             rows = len(group[0][0])
             while not self._queue.empty() and rows < MAX_GROUP_EVENTS:
                 group.append(self._queue.get_nowait())
                 rows += len(group[-1][0])
             group = [item for item in group if not item[2].done()]  # drop requests already cancelled
-            try:
-                await self._commit_group(group)
-            except Exception as exc:  # never let the writer die: later requests would wait forever
-                for _, _, future in group:
-                    _settle(future, exception=_unavailable(exc))
+            if not group:
+                slots.release()
+                continue
+            commit = asyncio.create_task(self._commit_in_slot(group, slots), name="postgres-commit")
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
+
+    async def _commit_in_slot(self, group: list[Pending], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._commit_group(group)
+        except Exception as exc:  # never leave a request waiting forever
+            for _, _, future in group:
+                _settle(future, exception=_unavailable(exc))
+        finally:
+            slots.release()
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:
@@ -284,14 +304,15 @@ class PostgresStorage:
     async def _insert(self, group: list[Pending]) -> list[WriteResult]:
         events = [event for item in group for event in item[0]]
         bad = [q for item in group for q in item[1]]
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-            inserted: set[tuple[str, str]] = set()
-            if events:
-                cursor = await conn.execute(_INSERT_EVENTS, _event_columns(events))
-                inserted = {(row[0], row[1]) for row in await cursor.fetchall()}
-            if bad:
-                await conn.execute(_INSERT_QUARANTINE, _quarantine_columns(bad))
+        # One round trip: BEGIN, the lock, the inserts and COMMIT go out as one pipeline, and the
+        # pipeline's sync returns only after COMMIT (or raises the first error: then nothing commits).
+        async with self.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                cursor = await conn.execute(_INSERT_EVENTS, _event_columns(events)) if events else None
+                if bad:
+                    await conn.execute(_INSERT_QUARANTINE, _quarantine_columns(bad))
+            inserted = {(row[0], row[1]) for row in await cursor.fetchall()} if cursor else set()
         # A key inserted now counts as stored for the first request that sent it; any other
         # copy (same batch, or another request in the group) is a duplicate.
         results = []
