@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import ADMIN, ROOT, WRITE_KEY, Server, bearer, start_server, write_config
+from helpers import ADMIN, OTHER_KEY, ROOT, WRITE_KEY, Server, bearer, start_server, write_config
 
 from collector.http.browser import settings_document
 
@@ -80,6 +80,7 @@ def report(collector: Server, page_origin: str) -> dict[str, Any]:
         "collector": collector.url,
         "pageOrigin": page_origin,
         "writeKey": WRITE_KEY,
+        "otherKey": OTHER_KEY,
         "adminToken": ADMIN,
         "artifacts": str(ARTIFACTS),
         "scenarios": list(SCENARIOS),
@@ -153,7 +154,11 @@ def test_settings_reached_on_an_alias_prefix_answer_that_prefix(report: dict[str
 
 def test_nothing_was_deduplicated_so_nothing_was_sent_twice(report: dict[str, Any], collector: Server) -> None:
     metrics = httpx.get(f"{collector.url}/metrics", headers=bearer(ADMIN)).text
-    lines = [line for line in metrics.splitlines() if line.startswith("collector_events_total{")]
+    lines = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("collector_events_total{") and 'source="src_web"' in line
+    ]
     outcomes: Counter[str] = Counter()
     for line in lines:
         outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
@@ -182,7 +187,7 @@ def test_debugger_shows_the_past_then_events_and_validation_errors_live(
     assert log["visibleUnfiltered"] == log["rows"] >= log["earlierRows"] + 3
     assert (ARTIFACTS / "debugger.png").stat().st_size > 1000
     # "copy as curl" replays the entry: the stored one again is a duplicate, the rejected one is refused again.
-    environ = {"PATH": os.environ["PATH"], "WRITE_KEY": WRITE_KEY}
+    environ = {"PATH": os.environ["PATH"], "WRITE_KEY": OTHER_KEY}
     replayed = subprocess.run(["bash", "-c", log["curl"]["stored"]], capture_output=True, env=environ, timeout=30)
     assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"success": True}, replayed.stderr
     receipts = httpx.get(f"{collector.url}/v1/receipts/{log['historyId']}", headers=bearer(ADMIN)).json()

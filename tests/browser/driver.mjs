@@ -71,13 +71,14 @@ async function runDebugger(browser) {
       headers: { Authorization: "Basic " + Buffer.from(`${key}:`).toString("base64"), "Content-Type": "application/json" },
       body: JSON.stringify(body),
     }).then((answer) => answer.status);
-  // Before the page opens: a stored event, a re-send of it (a duplicate) and a rejected message.
+  // Before the page opens: a stored event, a re-send of it (a duplicate) and a rejected message, from
+  // the other workspace's source (the web source's own outcomes are asserted duplicate-free).
   const historyId = `hist-${Date.now()}`;
   const earlier = { event: "History Probe", userId: "hist-user", messageId: historyId, properties: { n: 0 } };
   const historySent = [
-    await send("/v1/track", earlier, config.writeKey),
-    await send("/v1/track", earlier, config.writeKey),
-    await send("/v1/track", { userId: "hist-user", messageId: `${historyId}-bad`, properties: { n: -1 } }, config.writeKey),
+    await send("/v1/track", earlier, config.otherKey),
+    await send("/v1/track", earlier, config.otherKey),
+    await send("/v1/track", { userId: "hist-user", messageId: `${historyId}-bad`, properties: { n: -1 } }, config.otherKey),
   ];
 
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
