@@ -156,14 +156,20 @@ def postgres_server() -> Iterator[Backend]:
         _wait(lambda: _pg_ready(url), process, "postgres", root / "postgres.log")
         yield Backend("postgres", url, managed=True, pids=[process.pid])
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process, signal.SIGINT)  # PostgreSQL's fast shutdown
         _remove(root)
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Ask a server we started to stop; kill it if it has not within 20 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _pg_ready(url: str) -> bool:
@@ -216,13 +222,7 @@ def nats_server() -> Iterator[Backend]:
         _wait(lambda: _http_ok(f"http://127.0.0.1:{monitor}/healthz"), process, "nats-server", root / "nats.log")
         yield Backend("nats", f"nats://127.0.0.1:{port}", managed=True, pids=[process.pid])
     finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process, signal.SIGTERM)
         _remove(root)
 
 
