@@ -259,30 +259,37 @@ def _remove(path: Path) -> None:
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and all their descendants (PostgreSQL's backends are
     the postmaster's children), from /proc; a process that has exited counts no more."""
+    stats = _all_stats()
+    return sum(stats[pid][1] for pid in _with_descendants(pids, stats) if pid in stats)
+
+
+def family(pids: list[int]) -> set[int]:
+    """These processes and all their descendants (uvicorn's --workers are the supervisor's children)."""
+    return _with_descendants(pids, _all_stats())
+
+
+def _all_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, cpu seconds) of every process, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             parsed = _stat(int(entry.name), ticks)
             if parsed:
                 stats[int(entry.name)] = parsed
-    wanted, total = set(pids), 0.0
+    return stats
+
+
+def _with_descendants(pids: list[int], stats: dict[int, tuple[int, float]]) -> set[int]:
+    wanted = set(pids)
     changed = True
-    while changed:  # close over descendants
+    while changed:
         changed = False
         for pid, (parent, _) in stats.items():
             if parent in wanted and pid not in wanted:
                 wanted.add(pid)
                 changed = True
-    for pid in wanted:
-        if pid in stats:
-            total += stats[pid][1]
-    return total
-
-
-def process_cpu_seconds(pid: int) -> float:
-    parsed = _stat(pid, os.sysconf("SC_CLK_TCK"))
-    return parsed[1] if parsed else float("nan")
+    return wanted
 
 
 def _stat(pid: int, ticks: int) -> tuple[int, float] | None:

@@ -3,6 +3,7 @@
     python loadtests/benchmark.py            # 5 interleaved rounds of 5 s per scenario (~3 min)
     python loadtests/benchmark.py --quick    # 1 short round; what CI runs to keep this script working
     python loadtests/benchmark.py --soak 600 # 10 minutes of paced load: failures and memory over time
+    python loadtests/benchmark.py --workers 2 # the collector with 1 and with 2 worker processes
 
 Scenarios, each against its own uvicorn process (one worker, uvloop + httptools, no access log):
   bare     a bare Starlette route that awaits request.body() and answers small JSON: the ceiling
@@ -134,13 +135,14 @@ class Process:
     log: Path
 
     def peak_rss_mb(self) -> float:
-        return _proc_status_kb(self.popen.pid, "VmHWM") / 1024
+        """VmHWM, summed over the process and its children (uvicorn's --workers)."""
+        return sum(_proc_status_kb(pid, "VmHWM") for pid in backends.family([self.popen.pid])) / 1024
 
     def rss_mb(self) -> float:
-        return _proc_status_kb(self.popen.pid, "VmRSS") / 1024
+        return sum(_proc_status_kb(pid, "VmRSS") for pid in backends.family([self.popen.pid])) / 1024
 
     def cpu_seconds(self) -> float:
-        return backends.process_cpu_seconds(self.popen.pid)
+        return backends.cpu_seconds([self.popen.pid])
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -246,9 +248,11 @@ def start_collector(
     name: str = "collector",
     privacy: bool = False,
     storage: str | None = None,
+    workers: int = 1,
 ) -> Process:
     """The collector of `checkout` (this one, or --baseline's), with its own config, and its own
-    SQLite database unless `storage` is a URL (NATS keeps no profiles: they go to SQLite then)."""
+    SQLite database unless `storage` is a URL (NATS keeps no profiles: they go to SQLite then);
+    `workers` uvicorn worker processes sharing that storage."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     config = home / "collector.yaml"
@@ -260,14 +264,19 @@ def start_collector(
     args += ["--storage", storage or f"sqlite:///{home / 'events.db'}"]
     if storage and storage.startswith("nats:"):
         args += ["--profiles", f"sqlite:///{home / 'profiles.db'}"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     return start(name, args, home, core_set, env)
 
 
-def start_bare(workdir: Path, core_set: set[int] | None, flavour: str = "bare", storage: str | None = None) -> Process:
+def start_bare(
+    workdir: Path, core_set: set[int] | None, flavour: str = "bare", storage: str | None = None, workers: int = 1
+) -> Process:
     """flavour: raw | bare | durable (the module docstring says what each is); `storage` is the
-    durable route's storage URL (default: a SQLite file of its own)."""
-    args = [sys.executable, str(Path(__file__).resolve()), f"--serve-{flavour}"]
-    return start(flavour, args, workdir, core_set, {DURABLE_STORAGE_ENV: storage} if storage else {})
+    durable route's storage URL (default: a SQLite file of its own); `workers`: bare only."""
+    args = [sys.executable, str(Path(__file__).resolve()), f"--serve-{flavour}", "--workers", str(workers)]
+    name = flavour if workers == 1 else f"{flavour}-{workers}w"
+    return start(name, args, workdir, core_set, {DURABLE_STORAGE_ENV: storage} if storage else {})
 
 
 def bare_app() -> Any:
@@ -296,9 +305,9 @@ def event_route_app(collect: Callable[..., Any], lifespan: Any = None) -> Any:
     return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
 
 
-def serve_bare(port: int) -> None:
-    """The same server stack as the collector, around bare_app()."""
-    run_uvicorn(bare_app(), port)
+def serve_bare(port: int, workers: int = 1) -> None:
+    """The same server stack as the collector, around bare_app() (in each of `workers` processes)."""
+    run_uvicorn("benchmark:bare_app" if workers > 1 else bare_app(), port, workers)
 
 
 def durable_app(database: Path | str) -> Any:
@@ -366,11 +375,15 @@ def serve_raw(port: int) -> None:
     run_uvicorn(app, port)
 
 
-def run_uvicorn(app: Any, port: int) -> None:
+def run_uvicorn(app: Any, port: int, workers: int = 1) -> None:
+    """`app`, or with several workers the import string of its factory (each worker builds its own)."""
     import uvicorn
 
     uvicorn.run(
         app,
+        factory=isinstance(app, str),
+        app_dir=str(HERE),
+        workers=workers,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -935,6 +948,131 @@ def print_budget(scenarios: dict[str, Any], target: float) -> None:
     )
 
 
+# --- workers: the same collector with 1 and with N worker processes -----------------------------
+
+
+def scaling(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    """`--workers N`: the bare route and the collector (single, batch), each with 1 and with N
+    uvicorn workers, in interleaved rounds. Every server and the load generator are unpinned: they
+    share all the machine's cores, so the bare route's own N-over-1 ratio in the same rounds is
+    what this machine lets any app gain (on 2 cores the load generator takes much of the second).
+    With --baseline, that checkout's collector with N workers runs next to this one's."""
+    workers = args.workers
+    counts = {1: "1w", workers: f"{workers}w"}
+    order = [f"{kind}_{label}" for kind in ("bare", "single", "batch") for label in counts.values()]
+    if args.baseline:
+        order = [*order[:4], f"single_{counts[workers]}_base", *order[4:], f"batch_{counts[workers]}_base"]
+    results: dict[str, list[LoadResult]] = {name: [] for name in order}
+    cpu: dict[str, list[float]] = {name: [] for name in order}
+    with ExitStack() as stack:
+        serving: dict[str, Process] = {}
+        for count, label in counts.items():
+            bare = start_bare(bench.workdir, None, workers=count)
+            stack.callback(bare.stop)
+            storage = bench.backend.url(f"collector-{label}")
+            collector = start_collector(
+                bench.workdir, None, args.synchronous, name=f"collector-{label}", storage=storage, workers=count
+            )
+            stack.callback(collector.stop)
+            serving |= {f"bare_{label}": bare, f"single_{label}": collector, f"batch_{label}": collector}
+        if args.baseline:
+            label = counts[workers]
+            storage = bench.backend.url(f"baseline-{label}")
+            base = start_collector(
+                bench.workdir,
+                None,
+                args.synchronous,
+                args.baseline,
+                f"baseline-{label}",
+                storage=storage,
+                workers=workers,
+            )
+            stack.callback(base.stop)
+            serving |= {f"single_{label}_base": base, f"batch_{label}_base": base}
+
+        def spec(name: str, duration: float) -> LoadSpec:
+            port = serving[name].port
+            if name.startswith("batch"):
+                return batch_spec(port, bench.prefix(), args.batch_connections, duration)
+            return single_spec(port, bench.prefix(), args.connections, duration)
+
+        for name in order:  # warm-up: every worker imports, fills caches, opens its storage
+            bench.load(spec(name, args.warmup))
+        for round_index in range(args.repeats):
+            for name in order if round_index % 2 == 0 else list(reversed(order)):
+                process, load = serving[name], spec(name, args.duration)
+                before = process.cpu_seconds()
+                result = bench.load(load)
+                events = (result.requests - result.errors) * (load.batch_size if load.kind == "batch" else 1)
+                if events > 0:
+                    cpu[name].append((process.cpu_seconds() - before) * 1e6 / events)
+                results[name].append(result)
+                print(f"  round {round_index + 1} {name:9} {result.rate:10,.0f} req/s", flush=True)
+        rss = {
+            name.replace("single", "collector"): serving[name].peak_rss_mb() for name in order if "batch" not in name
+        }
+    summary = report_scaling(workers, counts, results, cpu, rss, bench)
+    if args.baseline:
+        label = counts[workers]
+        ratios = {}
+        for kind in ("single", "batch"):
+            pairs = zip(results[f"{kind}_{label}"], results[f"{kind}_{label}_base"], strict=False)
+            ratios[kind] = median([ours.rate / theirs.rate for ours, theirs in pairs if theirs.rate])
+        print(
+            f"against the baseline {args.baseline}, both with {workers} workers: single {ratios['single']:.3f}×,"
+            f" batch {ratios['batch']:.3f}× (median of per-round ratios; its CPU µs/event: single"
+            f" {median(cpu[f'single_{label}_base']):.1f}, batch {median(cpu[f'batch_{label}_base']):.1f})"
+        )
+        summary["against_baseline"] = ratios
+    return summary
+
+
+def report_scaling(
+    workers: int,
+    counts: dict[int, str],
+    results: dict[str, list[LoadResult]],
+    cpu: dict[str, list[float]],
+    rss: dict[str, float],
+    bench: Bench,
+) -> dict[str, Any]:
+    one, many = counts[1], counts[workers]
+    summary: dict[str, Any] = {"workers": workers, "storage": bench.backend.name, "cores": os.cpu_count()}
+    summary["method"] = "servers and load generator unpinned, sharing every core; ratios: median of per-round"
+    print(
+        f"storage: {bench.backend.describe()}; {os.cpu_count()} cores shared by every server and {bench.generator_name}"
+    )
+    print(f"{'scenario':10} {'1 worker':>12} {f'{workers} workers':>12} {'ratio':>7} {'CPU µs/event 1 → N':>20}")
+    scenarios: dict[str, Any] = {}
+    for kind in ("bare", "single", "batch"):
+        a, b = results[f"{kind}_{one}"], results[f"{kind}_{many}"]
+        ratio = median([x.rate / y.rate for x, y in zip(b, a, strict=False) if y.rate])
+        unit = BATCH_SIZE if kind == "batch" else 1
+        scenarios[kind] = {
+            "rate_1": median([r.rate for r in a]) * unit,
+            f"rate_{workers}": median([r.rate for r in b]) * unit,
+            "ratio": ratio,
+            "errors": sum(r.errors for r in a + b),
+            "requests": sum(r.requests for r in a + b),
+            "cpu_us_per_event_1": median(cpu[f"{kind}_{one}"]),
+            f"cpu_us_per_event_{workers}": median(cpu[f"{kind}_{many}"]),
+        }
+        figures = scenarios[kind]
+        print(
+            f"{kind:10} {figures['rate_1']:>12,.0f} {figures[f'rate_{workers}']:>12,.0f} {ratio:>6.2f}×"
+            f" {figures['cpu_us_per_event_1']:>9.1f} → {figures[f'cpu_us_per_event_{workers}']:.1f}"
+            + ("  (events/s)" if kind == "batch" else "  (req/s)")
+        )
+    summary["scenarios"] = scenarios
+    summary["peak_rss_mb"] = rss
+    bare_ratio = scenarios["bare"]["ratio"]
+    for kind in ("single", "batch"):
+        share = scenarios[kind]["ratio"] / bare_ratio if bare_ratio else float("nan")
+        scenarios[kind]["ratio_over_bare_ratio"] = share
+        print(f"  {kind}: {workers} workers give {scenarios[kind]['ratio']:.2f}×, {share:.2f} of the bare route's gain")
+    print("peak RSS, all processes: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
+    return summary
+
+
 # --- soak: sustained paced load, memory sampled over time --------------------------------------
 
 
@@ -1018,6 +1156,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="give this checkout's bench source a privacy block (IP truncation, GPC, consent, redaction);"
         " with --baseline, the ratio is the cost of that block",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="above 1: instead of the benchmark, compare the collector (and the bare route) with 1 and with this"
+        " many uvicorn workers, every process unpinned",
+    )
     parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead of the benchmark")
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="single events/s (and as many batched)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
@@ -1035,7 +1180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_bare:
-        serve_bare(args.port)
+        serve_bare(args.port, args.workers)
         return 0
     if args.serve_raw:
         serve_raw(args.port)
@@ -1064,6 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.soak:
             summary = soak(args, bench)
+        elif args.workers > 1:
+            bench.server_cores = bench.load_cores = None
+            summary = scaling(args, bench)
         else:
             summary = report(args, bench, benchmark(args, bench))
     if args.json:

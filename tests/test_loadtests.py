@@ -134,6 +134,33 @@ def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str, storage: str)
         assert all(ratio > 0 for ratio in summary["against_baseline"].values())
 
 
+def test_benchmark_workers_mode_compares_one_and_two_worker_processes(tmp_path: Path) -> None:
+    """--workers 2 runs the bare route and the collector with 1 and 2 workers; a worker's CPU and
+    memory count (they are the supervisor's children, which the parent alone would miss)."""
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed")
+    out = tmp_path / "workers.json"
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--workers", "2", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["workers"] == 2 and summary["storage"] == "sqlite"
+    for kind in ("bare", "single", "batch"):
+        figures = summary["scenarios"][kind]
+        assert figures["requests"] > 0 and figures["errors"] == 0, (kind, figures)
+        assert figures["ratio"] > 0, (kind, figures)
+    single = summary["scenarios"]["single"]
+    assert single["cpu_us_per_event_2"] > 0.5 * single["cpu_us_per_event_1"], single
+    rss = summary["peak_rss_mb"]
+    assert rss["collector_2w"] > rss["collector_1w"] > 0 and rss["bare_2w"] > rss["bare_1w"] > 0, rss
+    assert "of the bare route's gain" in done.stdout
+
+
 def test_benchmark_durable_floor_stores_each_body_before_answering(tmp_path: Path) -> None:
     """Scenario (1b) is only a floor if it really makes the collector's durable write: each 200
     means the body is a row of the events table, readable from another connection."""
