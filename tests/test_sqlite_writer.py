@@ -1,14 +1,20 @@
 """The SQLite writer's group insert: every request of a group commit shares one INSERT, and each
-still learns exactly which of its events were new (the first copy of a messageId in the group)."""
+still learns exactly which of its events were new (the first copy of a messageId in the group);
+and its turns with the writers of other processes sharing the database."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from collector.storage import sqlite as sqlite_backend
+from collector.storage.base import StoredEvent
 from collector.storage.sqlite import EventWrite, SQLiteStorage
 
 WS, WS2 = "ws_AAAAAAAAAAAAAAAA", "ws_BBBBBBBBBBBBBBBB"
@@ -73,3 +79,51 @@ def test_a_version_2_database_is_upgraded_with_its_events_and_dedupe_intact(tmp_
     assert (again.stored, again.duplicates, again.inserted_ids) == (2, 1, frozenset({"kept-2", "new"}))
     plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM events WHERE message_id = 'x'"))
     assert "events_message" in plan  # a lookup by messageId alone still uses an index
+
+
+HOLD_TURN = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_writers_sharing_a_database_take_turns_on_its_lock_file(tmp_path: Path) -> None:
+    """While another process (a --workers sibling) has the write turn, this writer neither begins
+    nor commits; once the turn is released, every write that queued meanwhile is stored."""
+    database = tmp_path / "events.db"
+    command = [sys.executable, "-c", HOLD_TURN, f"{database}-writelock"]
+
+    def stored_count() -> int:
+        with closing(sqlite3.connect(database)) as reader:
+            return int(reader.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    async def scenario(holder: subprocess.Popen[bytes]) -> list[int]:
+        assert holder.stdin is not None and holder.stdout is not None
+        store = SQLiteStorage(f"sqlite:///{database}")
+        await store.open()
+        try:
+            assert holder.stdout.readline() == b"held\n"
+            writes = [asyncio.ensure_future(store.write([event(f"m{i}")])) for i in range(3)]
+            await asyncio.sleep(0.5)
+            assert not any(write.done() for write in writes)
+            assert stored_count() == 0
+            holder.stdin.write(b"\n")
+            holder.stdin.flush()
+            results = await asyncio.wait_for(asyncio.gather(*writes), timeout=10)
+            return [result.stored for result in results]
+        finally:
+            await store.close()
+
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        try:
+            assert asyncio.run(scenario(holder)) == [1, 1, 1]
+        finally:
+            holder.kill()
+    assert stored_count() == 3
+
+
+def event(message_id: str) -> StoredEvent:
+    return StoredEvent(WS, "src", message_id, "track", "E", None, "anon", "2026-01-01T00:00:00.000Z", "t", b"{}")

@@ -3,14 +3,18 @@
 WAL mode; one writer thread per process owns the write connection and does group commit:
 whatever requests are waiting when a transaction starts share it, and each one's future
 resolves only after COMMIT returned. Transactions start with BEGIN IMMEDIATE so several
-processes (`--workers N`) serialise on SQLite's lock and profile merges stay atomic.
+processes (`--workers N`) serialise on SQLite's lock and profile merges stay atomic; before it,
+the writers of those processes take turns on a lock file beside the database (`<db>-writelock`),
+which hands the turn over at once where SQLite's busy handler would sleep.
 Reads run on their own connections in a small thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import os
 import queue
 import sqlite3
 import threading
@@ -240,6 +244,26 @@ def path_from_url(url: str) -> str:
     return path
 
 
+class WriteTurn:
+    """The writers of the processes sharing one database take turns: a blocking flock on a file
+    beside it, held from before BEGIN IMMEDIATE to after COMMIT. SQLite's busy handler retries
+    after sleeps of 1, 2, 5, 10… ms, so a writer that finds the lock taken waits well past the
+    other's commit; flock wakes it the moment the turn is released, and the requests that queued
+    meanwhile join its group. A process that dies holding it releases it (the kernel closes the file)."""
+
+    def __init__(self, database: str) -> None:
+        self._fd = os.open(database + "-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def _rewrite_user_version(conn: sqlite3.Connection) -> None:
     """A write that changes nothing (the readiness probe); read and set in the writer's transaction."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -277,7 +301,8 @@ class SQLiteStorage:
         parent = Path(self.path).parent
         parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._open_and_migrate)
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True)
+        turn = WriteTurn(self.path)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn, turn), name="sqlite-writer", daemon=True)
         self._writer.start()
 
     def _open_and_migrate(self) -> sqlite3.Connection:
@@ -324,7 +349,7 @@ class SQLiteStorage:
         self._queue.put((operation, future))
         return await future
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
+    def _write_loop(self, conn: sqlite3.Connection, turn: WriteTurn) -> None:
         assert self._loop is not None
         loop = self._loop
         while True:
@@ -333,20 +358,22 @@ class SQLiteStorage:
                 break
             group = [first]
             stop = False
-            while len(group) < MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                group.append(item)
-            outcomes = self._run_group(conn, group)
+            with turn:  # the group is gathered once the turn is ours: what queued while waiting joins it
+                while len(group) < MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    group.append(item)
+                outcomes = self._run_group(conn, group)
             loop.call_soon_threadsafe(_settle, outcomes)
             if stop:
                 break
         conn.close()
+        turn.close()
 
     def _run_group(
         self, conn: sqlite3.Connection, group: list[tuple[Operation, asyncio.Future[Any]]]
