@@ -49,6 +49,22 @@ def test_each_write_learns_which_of_its_events_were_new(
     assert stored == [(WS, "old-1"), (WS, "old-2"), (WS, "a"), (WS, "b"), (WS, "c"), (WS2, "a"), (WS, "d")]
 
 
+def test_groups_of_every_size_share_a_few_compiled_inserts(conn: sqlite3.Connection) -> None:
+    """sqlite3 keeps each statement it compiled, ~2 KB a row for a multi-row INSERT: groups of any
+    size must be stored through a handful of statement sizes, or the cache grows by tens of MB."""
+    sizes: set[int] = set()
+    for rows in range(1, 3 * sqlite_backend.ROWS_PER_STATEMENT + 2):
+        split = sqlite_backend.statement_sizes(rows)
+        assert sum(split) == rows and max(split) <= sqlite_backend.ROWS_PER_STATEMENT
+        sizes.update(split)
+    assert len(sizes) <= sqlite_backend.ROWS_PER_STATEMENT.bit_length()
+    sqlite_backend._insert_events_sql.cache_clear()
+    for group in range(1, 600, 7):  # groups of 86 sizes, each stored whole
+        written = EventWrite.run_together(conn, [EventWrite([row(f"g{group}-{i}") for i in range(group)], [])])
+        assert written[0].stored == group
+    assert sqlite_backend._insert_events_sql.cache_info().currsize <= sqlite_backend.ROWS_PER_STATEMENT.bit_length()
+
+
 def test_an_all_new_group_reports_every_event(conn: sqlite3.Connection) -> None:
     writes = [EventWrite([row(f"n{i}-{j}") for j in range(3)], []) for i in range(4)]
     results = EventWrite.run_together(conn, writes)

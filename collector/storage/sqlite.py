@@ -154,7 +154,7 @@ _INSERT_EVENTS = (
     " anonymous_id, received_at, timestamp, body) VALUES "
 )
 _EVENT_ROW = "(?,?,?,?,?,?,?,?,?,?)"
-ROWS_PER_STATEMENT = 3000  # 10 parameters a row, under SQLite's 32766-parameter cap
+ROWS_PER_STATEMENT = 256  # the largest INSERT (statement_sizes says why)
 _INSERT_QUARANTINE = (
     "INSERT OR IGNORE INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors)"
     " VALUES (?,?,?,?,?,?)"
@@ -216,15 +216,17 @@ def _insert_events(conn: sqlite3.Connection, rows: list[EventRow]) -> set[tuple[
     No RETURNING (it costs about a quarter of the insert): the change count tells whether all rows
     were new, and new rows take consecutive positions, so only a partial insert is looked up."""
     new: set[tuple[str, str]] | None = None
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
+    start = 0
+    for size in statement_sizes(len(rows)):
+        chunk = rows[start : start + size]
+        start += size
         before = conn.total_changes
         cursor = conn.execute(_insert_events_sql(len(chunk)), [value for row in chunk for value in row])
         added = conn.total_changes - before
         if added == len(chunk) and new is None:
             continue
         if new is None:  # earlier chunks were wholly new
-            new = {(row[0], row[2]) for row in rows[:start]}
+            new = {(row[0], row[2]) for row in rows[: start - size]}
         if added == len(chunk):
             new.update((row[0], row[2]) for row in chunk)
         elif added:
@@ -232,6 +234,20 @@ def _insert_events(conn: sqlite3.Connection, rows: list[EventRow]) -> set[tuple[
             found = conn.execute("SELECT workspace_id, message_id FROM events WHERE position > ?", (first,))
             new.update(found.fetchall())
     return new
+
+
+def statement_sizes(rows: int) -> list[int]:
+    """The row counts of the INSERTs that store `rows` rows: full statements, then the rest in powers
+    of two. sqlite3 keeps each statement it compiled (128 a connection) and a compiled INSERT takes
+    about 2 KB a row, so one statement per group size held 36 MB under batch load; these few sizes
+    hold about 1 MB, for a statement or two more per group."""
+    sizes = [ROWS_PER_STATEMENT] * (rows // ROWS_PER_STATEMENT)
+    rest = rows % ROWS_PER_STATEMENT
+    while rest:
+        power = 1 << (rest.bit_length() - 1)
+        sizes.append(power)
+        rest -= power
+    return sizes
 
 
 def path_from_url(url: str) -> str:
