@@ -130,6 +130,17 @@ SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
 ON CONFLICT (workspace_id, message_id) DO NOTHING
 RETURNING workspace_id, message_id
 """
+# The same insert as one statement, its own transaction (autocommit): the lock is taken in the
+# CTE, which the join reads before any row reaches the insert, so before any position is drawn.
+_INSERT_EVENTS_IN_TURN = """
+WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s::bigint))
+INSERT INTO events (workspace_id, source_id, message_id, type, event, user_id, anonymous_id,
+                    received_at, timestamp, body)
+SELECT e.* FROM turn, unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                             %b::text[], %b::text[], %b::text[], %b::json[]) AS e
+ON CONFLICT (workspace_id, message_id) DO NOTHING
+RETURNING workspace_id, message_id
+"""
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors)
 SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::json[], %b::json[])
@@ -306,12 +317,16 @@ class PostgresStorage:
         bad = [q for item in group for q in item[1]]
         # One round trip: BEGIN, the lock, the inserts and COMMIT go out as one pipeline, and the
         # pipeline's sync returns only after COMMIT (or raises the first error: then nothing commits).
+        cursor: psycopg.AsyncCursor[Any] | None
         async with self.pool.connection() as conn:
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-                cursor = await conn.execute(_INSERT_EVENTS, _event_columns(events)) if events else None
-                if bad:
-                    await conn.execute(_INSERT_QUARANTINE, _quarantine_columns(bad))
+            if events and not bad:  # the usual case: one statement, one transaction
+                cursor = await conn.execute(_INSERT_EVENTS_IN_TURN, [EVENTS_LOCK, *_event_columns(events)])
+            else:
+                async with conn.pipeline(), conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                    cursor = await conn.execute(_INSERT_EVENTS, _event_columns(events)) if events else None
+                    if bad:
+                        await conn.execute(_INSERT_QUARANTINE, _quarantine_columns(bad))
             inserted = {(row[0], row[1]) for row in await cursor.fetchall()} if cursor else set()
         # A key inserted now counts as stored for the first request that sent it; any other
         # copy (same batch, or another request in the group) is a duplicate.
