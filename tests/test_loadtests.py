@@ -96,25 +96,28 @@ def test_locust_run_fails_when_a_threshold_is_crossed(tmp_path: Path, config_pat
         server.stop()
 
 
+def run_benchmark(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, Any]:
+    """benchmark.py with `args`; it must exit 0. Its output, and the figures it wrote (--json)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(LOADTESTS / "benchmark.py"), *args, "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, json.loads(out.read_text())
+
+
 @pytest.mark.parametrize(("generator", "storage"), [("auto", "sqlite"), ("bundled", "sqlite"), ("auto", "nats")])
 def test_benchmark_quick_mode_runs(tmp_path: Path, generator: str, storage: str) -> None:
     if generator == "auto" and not shutil.which("wrk"):
         pytest.skip("wrk is not installed (the bundled case covers the fallback)")
-    out = tmp_path / "bench.json"
     # With wrk on SQLite, this checkout is also its own --baseline: the A/B mode runs a second collector.
     baseline = ["--baseline", str(LOADTESTS.parent)] if (generator, storage) == ("auto", "sqlite") else []
-    done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--generator", generator, "--json", str(out)]
-        + ["--storage", storage]
-        + baseline,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, summary = run_benchmark(tmp_path, "--quick", "--generator", generator, "--storage", storage, *baseline)
     assert "targets:" in done.stdout
-    summary = json.loads(out.read_text())
     for name in ("bare", "durable", "single", "batch", "profile", "paced", "paced_bare", "paced_durable"):
         scenario = summary["scenarios"][name]
         assert scenario["requests"] > 0, (name, scenario)
@@ -139,16 +142,7 @@ def test_benchmark_workers_mode_compares_one_and_two_worker_processes(tmp_path: 
     memory count (they are the supervisor's children, which the parent alone would miss)."""
     if not shutil.which("wrk"):
         pytest.skip("wrk is not installed")
-    out = tmp_path / "workers.json"
-    done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "benchmark.py"), "--quick", "--workers", "2", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads(out.read_text())
+    done, summary = run_benchmark(tmp_path, "--quick", "--workers", "2")
     assert summary["workers"] == 2 and summary["storage"] == "sqlite"
     for kind in ("bare", "single", "batch"):
         figures = summary["scenarios"][kind]
@@ -219,16 +213,7 @@ def test_in_process_a_b_against_a_baseline_checkout(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_ten_minutes_flat_memory_zero_failures(tmp_path: Path) -> None:
-    out = tmp_path / "soak.json"
-    done = subprocess.run(
-        [sys.executable, str(LOADTESTS / "benchmark.py"), "--soak", "600", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1100,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    soak = json.loads(out.read_text())
+    _done, soak = run_benchmark(tmp_path, "--soak", "600", timeout=1100)
     assert soak["requests"] > 0
     assert soak["errors"] == 0, soak
     # Flat: the last quarter's peak RSS within 10 % (+ 8 MB of allocator slack) of the first quarter's.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import threading
@@ -75,50 +77,110 @@ def test_segment_python_sdk_reads_our_400_as_a_final_api_error(server: Server) -
     assert read_all(server) == []
 
 
-def test_every_acknowledged_event_survives_sigkill(tmp_path: Path, config_path: Path) -> None:
-    """Concurrent senders; SIGKILL mid-traffic; after a restart every 200'd messageId is there."""
-    db = f"sqlite:///{tmp_path / 'crash.db'}"
-    server = start_server(tmp_path, config_path, db, name="crash")
-    acked: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
+class Traffic:
+    """Eight senders posting batches of 1 or 10 events until stopped; `acked` holds every
+    messageId of a 200. A refused or broken connection is tried again (a worker may be gone)."""
 
-    def sender(worker: int) -> None:
-        with httpx.Client(base_url=server.url, headers=basic(WRITE_KEY), timeout=5) as client:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.acked: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(worker,)) for worker in range(8)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def wait_for(self, count: int, seconds: float = 10) -> None:
+        deadline = time.monotonic() + seconds
+        while len(self.acked) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _send(self, worker: int) -> None:
+        with httpx.Client(base_url=self.server.url, headers=basic(WRITE_KEY), timeout=5) as client:
             for n in range(100_000):
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-                size = random.choice([1, 1, 10])
-                ids = [f"w{worker}-{n}-{i}" for i in range(size)]
+                ids = [f"w{worker}-{n}-{i}" for i in range(random.choice([1, 1, 10]))]
                 batch = {"batch": [{"type": "track", "event": "Load", "userId": "u", "messageId": m} for m in ids]}
                 try:
                     answer = client.post("/v1/batch", json=batch)
                 except httpx.HTTPError:
-                    return  # the server is gone
+                    time.sleep(0.01)
+                    continue
                 if answer.status_code == 200:
-                    with lock:
-                        acked.extend(ids)
+                    with self._lock:
+                        self.acked.extend(ids)
 
-    threads = [threading.Thread(target=sender, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 10
-    while len(acked) < 1500 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
-    stop.set()
-    for thread in threads:
-        thread.join()
+
+def test_every_acknowledged_event_survives_sigkill(tmp_path: Path, config_path: Path) -> None:
+    """Concurrent senders; SIGKILL mid-traffic; after a restart every 200'd messageId is there."""
+    db = f"sqlite:///{tmp_path / 'crash.db'}"
+    server = start_server(tmp_path, config_path, db, name="crash")
+    with Traffic(server) as traffic:
+        traffic.wait_for(1500)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+    acked = traffic.acked
     assert len(acked) >= 200, "too little traffic before the kill to prove anything"
 
     restarted = start_server(tmp_path, config_path, db, port=int(server.url.rsplit(":", 1)[1]), name="restart")
     try:
-        present = {e["messageId"] for e in read_all(restarted)}
+        stored = [e["messageId"] for e in read_all(restarted)]
     finally:
         restarted.stop()
-    missing = set(acked) - present
+    missing = set(acked) - set(stored)
+    print(f"SIGKILL: acked {len(acked)}, stored {len(stored)}, missing {len(missing)}, doubled {duplicates(stored)}")
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+    assert duplicates(stored) == 0
+
+
+def test_a_worker_killed_mid_write_loses_nothing_and_stalls_no_other(tmp_path: Path, config_path: Path) -> None:
+    """--workers 2 on one SQLite file: SIGKILL one worker under load (it may hold the write turn,
+    `<db>-writelock`); the other keeps answering 200s, and every acknowledged event is stored once."""
+    server = start_server(tmp_path, config_path, f"sqlite:///{tmp_path / 'shared.db'}", "--workers", "2")
+    try:
+        with Traffic(server) as traffic:
+            traffic.wait_for(1500)
+            workers = worker_pids(server.process.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[0], signal.SIGKILL)
+            at_kill = len(traffic.acked)
+            traffic.wait_for(at_kill + 1500)
+            assert len(traffic.acked) >= at_kill + 1500, "the surviving worker stopped answering 200s"
+        stored = [event["messageId"] for event in read_all(server)]
+    finally:
+        server.stop()
+    missing = set(traffic.acked) - set(stored)
+    print(
+        f"a worker killed: acked {len(traffic.acked)} ({at_kill} before the kill), stored {len(stored)},"
+        f" missing {len(missing)}, doubled {duplicates(stored)}"
+    )
+    assert duplicates(stored) == 0, "an event was stored twice"
+    assert not missing, f"{len(missing)} of {len(traffic.acked)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+
+
+def duplicates(message_ids: list[str]) -> int:
+    return len(message_ids) - len(set(message_ids))
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """uvicorn's worker processes: the supervisor's children started by multiprocessing's spawn."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int(Path(entry, "stat").read_text().rpartition(")")[2].split()[1])
+                if parent == supervisor and b"spawn_main" in Path(entry, "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def test_access_log_lines_carry_the_request_id(tmp_path: Path, config_path: Path) -> None:
