@@ -157,7 +157,11 @@ class NATSStorage:
         self._acks_prefix = ""
         self._tokens = itertools.count()
         self._awaiting: dict[str, tuple[_Round, int]] = {}  # reply subject → its round and message
-        self._slots: asyncio.Semaphore  # `inflight` publishes awaiting an ack, per process
+        # `inflight` publishes awaiting an ack, per process: a counter (asyncio.Semaphore costs a
+        # tenth of a batch's publishing), with an event for the writes that wait for a free slot.
+        self._free = self.inflight
+        self._starved = 0
+        self._freed: asyncio.Event
 
     def __repr__(self) -> str:
         return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
@@ -191,7 +195,7 @@ class NATSStorage:
                 reconnected_cb=reconnected,
             )
             self._current = _netloc(nc)
-            self._slots = asyncio.Semaphore(self.inflight)
+            self._freed = asyncio.Event()
             self._acks_prefix = f"{nc.new_inbox()}."
             await nc.subscribe(f"{self._acks_prefix}*", cb=self._on_ack)  # kept across reconnects
             js = nc.jetstream(timeout=self.timeout, publish_async_max_pending=self.inflight)
@@ -387,7 +391,9 @@ class NATSStorage:
             for index in waiting:
                 subject, payload, headers = messages[index]
                 reply = f"{self._acks_prefix}{next(self._tokens)}"
-                await self._slots.acquire()
+                if not self._free:
+                    await self._slot()
+                self._free -= 1
                 self._awaiting[reply] = (round_, index)
                 round_.replies.append(reply)
                 await nc.publish(subject, payload, reply=reply, headers=headers)
@@ -405,14 +411,29 @@ class NATSStorage:
         found = self._awaiting.pop(msg.subject, None)
         if found is None:
             return  # its round gave up on it (a re-publish may be acked instead)
-        self._slots.release()
+        self._release()
         round_, index = found
         round_.settle(index, _pub_ack(msg))
 
     def _forget(self, round_: _Round) -> None:
         for reply in round_.replies:
             if self._awaiting.pop(reply, None) is not None:
-                self._slots.release()
+                self._release()
+
+    async def _slot(self) -> None:
+        """Until a publish slot is free (the round's deadline bounds the wait)."""
+        self._starved += 1
+        try:
+            while not self._free:
+                self._freed.clear()
+                await self._freed.wait()
+        finally:
+            self._starved -= 1
+
+    def _release(self) -> None:
+        self._free += 1
+        if self._starved:
+            self._freed.set()  # each waiter looks again: one takes the slot
 
     # --- receipts -------------------------------------------------------------------------------
 
