@@ -120,7 +120,7 @@ def test_a_write_awaits_every_pub_ack_and_refusals_fail_it_without_leaking_in_fl
     tag = os.urandom(4).hex()
 
     def settled(store: NATSStorage) -> bool:
-        return not store._awaiting and store._free == store.inflight
+        return not store._awaiting and not store._rounds and store._free == store.inflight
 
     async def failure(store: NATSStorage, events: list[StoredEvent]) -> str:
         with pytest.raises(StorageUnavailable) as failed:

@@ -79,6 +79,7 @@ SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
 PROBE_TIMEOUT = 1.0  # the readiness loop counts a slower probe as a failure anyway
+TICK = 0.05  # seconds between looks for rounds of publishes past their time
 RECENT = 2.0  # seconds a failed event publish keeps ping() false (unless one succeeds meanwhile)
 _SUBJECT_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,199}")  # printable ASCII, no CR/LF
@@ -157,6 +158,8 @@ class NATSStorage:
         self._acks_prefix = ""
         self._tokens = itertools.count()
         self._awaiting: dict[str, tuple[_Round, int]] = {}  # reply subject → its round and message
+        self._rounds: dict[_Round, None] = {}  # publishing or awaiting acks, in the order they began
+        self._ticker: asyncio.TimerHandle | None = None
         # `inflight` publishes awaiting an ack, per process: a counter (asyncio.Semaphore costs a
         # tenth of a batch's publishing), with an event for the writes that wait for a free slot.
         self._free = self.inflight
@@ -386,26 +389,44 @@ class NATSStorage:
         assert self.nc is not None
         nc, loop = self.nc, asyncio.get_running_loop()
         round_.left = len(waiting)  # so that acks arriving while we still publish do not end the round
-        # One timer for the whole round (asyncio.wait and gather cost a callback per future).
-        async with asyncio.timeout_at(deadline) as limit:
-            for index in waiting:
-                subject, payload, headers = messages[index]
-                reply = f"{self._acks_prefix}{next(self._tokens)}"
-                if not self._free:
-                    await self._slot()
-                self._free -= 1
-                self._awaiting[reply] = (round_, index)
-                round_.replies.append(reply)
-                await nc.publish(subject, payload, reply=reply, headers=headers)
-            # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
-            limit.reschedule(loop.time() + max(min(deadline - loop.time(), max(1.0, self.timeout / 4)), 0.01))
-            # Acks on the old link of a reconnect never come either: publish again at once.
-            relinked = self._relinked
-            relinked.add_done_callback(round_.end)
+        # No timer of its own (one per round costs more than the rest of a single event's round):
+        # _tick expires the round at `until`, as asyncio.timeout_at would, within TICK.
+        async with asyncio.timeout(None) as limit:
+            round_.limit, round_.until = limit, deadline
+            self._watch(round_)
             try:
-                await round_.done
+                for index in waiting:
+                    subject, payload, headers = messages[index]
+                    reply = f"{self._acks_prefix}{next(self._tokens)}"
+                    if not self._free:
+                        await self._slot()
+                    self._free -= 1
+                    self._awaiting[reply] = (round_, index)
+                    round_.replies.append(reply)
+                    await nc.publish(subject, payload, reply=reply, headers=headers)
+                # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
+                round_.until = loop.time() + max(min(deadline - loop.time(), max(1.0, self.timeout / 4)), 0.01)
+                # Acks on the old link of a reconnect never come either: publish again at once.
+                relinked = self._relinked
+                relinked.add_done_callback(round_.end)
+                try:
+                    await round_.done
+                finally:
+                    relinked.remove_done_callback(round_.end)
             finally:
-                relinked.remove_done_callback(round_.end)
+                self._rounds.pop(round_, None)
+
+    def _watch(self, round_: _Round) -> None:
+        self._rounds[round_] = None
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for round_ in [round_ for round_ in self._rounds if round_.until <= now]:
+            del self._rounds[round_]
+            round_.limit.reschedule(now)  # its write gets a TimeoutError out of the `async with`
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick) if self._rounds else None
 
     async def _on_ack(self, msg: Msg) -> None:
         found = self._awaiting.pop(msg.subject, None)
@@ -592,7 +613,7 @@ class NATSStorage:
 class _Round:
     """The publishes of one attempt of a write: `done` when each has its ack or error."""
 
-    __slots__ = ("done", "duplicates", "replies", "left", "acked", "problem")
+    __slots__ = ("done", "duplicates", "replies", "left", "acked", "problem", "limit", "until")
 
     def __init__(self, done: asyncio.Future[None], duplicates: list[bool | None]) -> None:
         self.done = done
@@ -601,6 +622,8 @@ class _Round:
         self.left = 0  # to be published or awaiting an answer (an ack or an error)
         self.acked = 0
         self.problem: BaseException | None = None
+        self.limit: asyncio.Timeout  # the `async with` that _tick expires at `until`
+        self.until = math.inf  # the write's deadline while publishing, then the end of this attempt
 
     def settle(self, index: int, outcome: bool | BaseException) -> None:
         if isinstance(outcome, BaseException):
