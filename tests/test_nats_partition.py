@@ -26,8 +26,10 @@ import httpx
 import nats
 import pytest
 from helpers import ADMIN, WRITE_KEY, Server, basic, bearer, start_server, write_config
+from nats.js import api
 from servers import Nats, ProxiedNats, start_nats, start_proxied_nats
 
+from collector.errors import StorageUnavailable
 from collector.storage.base import EventQuery, StoredEvent
 from collector.storage.nats import NATSStorage
 
@@ -107,6 +109,75 @@ def test_ping_is_a_write_to_a_probe_stream_that_keeps_one_message_and_never_show
             assert (await store.js.stream_info(f"P{tag}")).state.messages == 1
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_write_awaits_every_pub_ack_and_refusals_fail_it_without_leaking_in_flight_slots(single: Nats) -> None:
+    """Publishes await their PubAck on the storage's own inbox: an error reply (a full `discard: new`
+    stream), no responders (no stream), or no reply at all (a plain subscriber) is a failed write
+    once `timeout` is spent; a timed-out or cancelled write frees its slots, and `inflight` caps them."""
+    tag = os.urandom(4).hex()
+
+    def settled(store: NATSStorage) -> bool:
+        return not store._awaiting and not store._rounds and store._free == store.inflight
+
+    async def failure(store: NATSStorage, events: list[StoredEvent]) -> str:
+        with pytest.raises(StorageUnavailable) as failed:
+            await store.write(events)
+        return str(failed.value.more_info)
+
+    async def main() -> None:
+        nc = await nats.connect(single.url())
+        js = nc.jetstream()
+        store = NATSStorage(single.url(stream=f"A{tag}", prefix=f"a{tag}", timeout=1, inflight=3, failover=0))
+        await store.open()
+        try:
+            # Within one write the slots come back as acks arrive; duplicates are told apart.
+            first = await store.write([stored_event(f"e{i}") for i in range(10)])
+            assert (first.stored, first.duplicates) == (10, 0)
+            again = await store.write([stored_event("e3"), stored_event("new")])
+            assert again.inserted_ids == frozenset({"new"}) and again.duplicates == 1
+            assert settled(store)
+
+            # A JetStream error reply ({"error": {"code": 503, …}}) is a failure, published again until timeout.
+            await js.delete_stream(f"A{tag}")
+            full = api.StreamConfig(name=f"A{tag}", subjects=[f"a{tag}.>"], max_msgs=1, discard=api.DiscardPolicy.NEW)
+            await js.add_stream(full)
+            await store.write([stored_event("fills-it")])
+            assert "maximum messages" in await failure(store, [stored_event("refused")])
+            assert settled(store)
+
+            # No stream: the server answers "no responders" at once.
+            await js.delete_stream(f"A{tag}")
+            assert "NoStreamResponseError" in await failure(store, [stored_event("lost")])
+            assert settled(store)
+
+            # A subscriber that never answers: no ack. At most `inflight` publishes wait at a time.
+            heard: list[str] = []
+
+            async def hear(msg: Any) -> None:
+                heard.append(msg.subject)
+
+            await nc.subscribe(f"a{tag}.>", cb=hear)
+            await nc.flush()
+            started = time.monotonic()
+            assert "no acknowledgement in time" in await failure(store, [stored_event(f"m{i}") for i in range(5)])
+            assert 0.9 < time.monotonic() - started < 2.0
+            assert settled(store)
+            assert len(heard) == 3  # the other two never got a slot before the timeout
+
+            heard.clear()
+            writing = asyncio.ensure_future(store.write([stored_event("cancelled")]))
+            while not heard:
+                await asyncio.sleep(0.01)
+            writing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writing
+            assert settled(store)
+        finally:
+            await store.close()
+            await nc.close()
 
     asyncio.run(main())
 

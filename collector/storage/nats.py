@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ import orjson
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.client import NO_RESPONDERS_STATUS
 
 from collector import jsonio
 from collector.errors import ConfigError, StorageUnavailable
@@ -77,6 +79,7 @@ SOURCE_HEADER = "Collector-Source"
 SCAN_BATCH = 500
 RETRY_PAUSE = 0.1  # seconds between publishing again what was not acknowledged
 PROBE_TIMEOUT = 1.0  # the readiness loop counts a slower probe as a failure anyway
+TICK = 0.05  # seconds between looks for rounds of publishes past their time
 RECENT = 2.0  # seconds a failed event publish keeps ping() false (unless one succeeds meanwhile)
 _SUBJECT_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,199}")  # printable ASCII, no CR/LF
@@ -150,6 +153,18 @@ class NATSStorage:
         self._left: dict[str, float] = {}  # netloc → when we left it (or failed to connect to it)
         self._trying = ""  # the server the reconnect handler picked last
         self._relinked: asyncio.Future[None]  # done when the client has reconnected (a new one then)
+        # Event publishes await their PubAck on one inbox of ours, `<_acks_prefix><n>`, rather than
+        # through js.publish_async: one future per round of a write instead of one per message.
+        self._acks_prefix = ""
+        self._tokens = itertools.count()
+        self._awaiting: dict[str, tuple[_Round, int]] = {}  # reply subject → its round and message
+        self._rounds: dict[_Round, None] = {}  # publishing or awaiting acks, in the order they began
+        self._ticker: asyncio.TimerHandle | None = None
+        # `inflight` publishes awaiting an ack, per process: a counter (asyncio.Semaphore costs a
+        # tenth of a batch's publishing), with an event for the writes that wait for a free slot.
+        self._free = self.inflight
+        self._starved = 0
+        self._freed: asyncio.Event
 
     def __repr__(self) -> str:
         return f"NATSStorage({self.servers!r}, stream={self.stream!r})"
@@ -183,6 +198,9 @@ class NATSStorage:
                 reconnected_cb=reconnected,
             )
             self._current = _netloc(nc)
+            self._freed = asyncio.Event()
+            self._acks_prefix = f"{nc.new_inbox()}."
+            await nc.subscribe(f"{self._acks_prefix}*", cb=self._on_ack)  # kept across reconnects
             js = nc.jetstream(timeout=self.timeout, publish_async_max_pending=self.inflight)
             # A cluster that is still forming (no JetStream meta leader yet) answers with errors
             # or timeouts for a few seconds: keep trying for a while before giving up on start.
@@ -309,9 +327,9 @@ class NATSStorage:
             raise StorageUnavailable("Storage is not open")
         messages = [self._event_message(event) for event in events]
         messages += [self._quarantine_message(bad) for bad in quarantined or ()]
-        acks = await self._publish_all(messages)
+        duplicates = await self._publish_all(messages)
         # JetStream says which publishes its duplicate window already held (Nats-Msg-Id).
-        stored = [event.message_id for event, ack in zip(events, acks, strict=False) if not ack.duplicate]
+        stored = [event.message_id for event, duplicate in zip(events, duplicates, strict=False) if not duplicate]
         return WriteResult(
             stored=len(stored),
             duplicates=len(events) - len(stored),
@@ -329,58 +347,114 @@ class NATSStorage:
         headers = {"Nats-Msg-Id": "q:" + os.urandom(12).hex()}
         return f"{self.prefix}_quarantine.{subject_token(bad.workspace_id)}", _quarantine_payload(bad), headers
 
-    async def _publish_all(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> list[api.PubAck]:
-        """Acks for all messages, in order. Every publish goes out before any ack is awaited (one round
-        trip per request, not per event). Those not acked are published again (the Nats-Msg-Id makes
-        that safe) until `timeout`: a reconnect or a stream leader election then costs latency, not a 503."""
-        assert self.nc is not None and self.js is not None
-        nc, js = self.nc, self.js
+    async def _publish_all(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> list[bool]:
+        """Whether each message was a duplicate, in order, once all are acked. Every publish goes out before
+        any ack is awaited (one round trip per request, not per event). Those not acked are published again
+        (the Nats-Msg-Id makes that safe) until `timeout`: a reconnect or a stream leader election then costs
+        latency, not a 503."""
+        assert self.nc is not None
+        nc = self.nc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        acks: list[api.PubAck | None] = [None] * len(messages)
+        duplicates: list[bool | None] = [None] * len(messages)
         waiting = list(range(len(messages)))
         problem: BaseException | None = None
         while True:
             if nc.is_connected:
-                futures: dict[int, asyncio.Future[api.PubAck]] = {}
+                round_ = _Round(loop.create_future(), duplicates)
                 try:
-                    # One deadline for the whole loop (a per-publish wait_stall costs a task each).
-                    async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
-                        for index in waiting:
-                            subject, payload, headers = messages[index]
-                            futures[index] = await js.publish_async(subject, payload, headers=dict(headers))
-                    # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
-                    attempt = min(deadline - loop.time(), max(1.0, self.timeout / 4))
-                    # Acks on the old link of a reconnect never come either: publish again at once.
-                    everything = asyncio.gather(*futures.values(), return_exceptions=True)
-                    await asyncio.wait(
-                        (everything, self._relinked), timeout=max(attempt, 0.01), return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await self._publish_round(round_, messages, waiting, deadline)
                 except Exception as exc:
                     problem = exc
                 finally:
-                    for future in futures.values():
-                        if not future.done():
-                            future.cancel()  # frees its in-flight slot
-                for index, future in futures.items():
-                    if not future.cancelled() and future.exception() is None:
-                        acks[index] = future.result()
-                    elif not future.cancelled():
-                        problem = future.exception()
-                    else:
-                        problem = problem or TimeoutError()
-                if any(acks[index] is not None for index in futures):
+                    self._forget(round_)  # frees the in-flight slots of what was not acked
+                problem = round_.problem or problem or (None if round_.left == 0 else TimeoutError())
+                if round_.acked:
                     self._succeeded(events=True)
                 else:
                     await self._failed(events=True)
-                waiting = [index for index in waiting if acks[index] is None]
+                waiting = [index for index in waiting if duplicates[index] is None]
                 if not waiting:
-                    return [ack for ack in acks if ack is not None]
+                    return [duplicate is True for duplicate in duplicates]
             else:
                 problem = ConnectionError("not connected to NATS (reconnecting)")
             if loop.time() + RETRY_PAUSE >= deadline:
                 raise _unavailable(problem or TimeoutError())
             await asyncio.sleep(RETRY_PAUSE)
+
+    async def _publish_round(
+        self, round_: _Round, messages: list[tuple[str, bytes, dict[str, str]]], waiting: list[int], deadline: float
+    ) -> None:
+        """Publish the messages `waiting` and await their acks (or errors), a reconnect, or a part of the budget."""
+        assert self.nc is not None
+        nc, loop = self.nc, asyncio.get_running_loop()
+        round_.left = len(waiting)  # so that acks arriving while we still publish do not end the round
+        # No timer of its own (one per round costs more than the rest of a single event's round):
+        # _tick expires the round at `until`, as asyncio.timeout_at would, within TICK.
+        async with asyncio.timeout(None) as limit:
+            round_.limit, round_.until = limit, deadline
+            self._watch(round_)
+            try:
+                for index in waiting:
+                    subject, payload, headers = messages[index]
+                    reply = f"{self._acks_prefix}{next(self._tokens)}"
+                    if not self._free:
+                        await self._slot()
+                    self._free -= 1
+                    self._awaiting[reply] = (round_, index)
+                    round_.replies.append(reply)
+                    await nc.publish(subject, payload, reply=reply, headers=headers)
+                # An ack lost with a dying leader never comes: wait a part of the budget, then re-publish.
+                round_.until = loop.time() + max(min(deadline - loop.time(), max(1.0, self.timeout / 4)), 0.01)
+                # Acks on the old link of a reconnect never come either: publish again at once.
+                relinked = self._relinked
+                relinked.add_done_callback(round_.end)
+                try:
+                    await round_.done
+                finally:
+                    relinked.remove_done_callback(round_.end)
+            finally:
+                self._rounds.pop(round_, None)
+
+    def _watch(self, round_: _Round) -> None:
+        self._rounds[round_] = None
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for round_ in [round_ for round_ in self._rounds if round_.until <= now]:
+            del self._rounds[round_]
+            round_.limit.reschedule(now)  # its write gets a TimeoutError out of the `async with`
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick) if self._rounds else None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        found = self._awaiting.pop(msg.subject, None)
+        if found is None:
+            return  # its round gave up on it (a re-publish may be acked instead)
+        self._release()
+        round_, index = found
+        round_.settle(index, _pub_ack(msg))
+
+    def _forget(self, round_: _Round) -> None:
+        for reply in round_.replies:
+            if self._awaiting.pop(reply, None) is not None:
+                self._release()
+
+    async def _slot(self) -> None:
+        """Until a publish slot is free (the round's deadline bounds the wait)."""
+        self._starved += 1
+        try:
+            while not self._free:
+                self._freed.clear()
+                await self._freed.wait()
+        finally:
+            self._starved -= 1
+
+    def _release(self) -> None:
+        self._free += 1
+        if self._starved:
+            self._freed.set()  # each waiter looks again: one takes the slot
 
     # --- receipts -------------------------------------------------------------------------------
 
@@ -534,6 +608,56 @@ class NATSStorage:
         except Exception as exc:
             raise _unavailable(exc) from exc
         return EventPage(items=items, next_after=items[-1]["position"] if more and items else None)
+
+
+class _Round:
+    """The publishes of one attempt of a write: `done` when each has its ack or error."""
+
+    __slots__ = ("done", "duplicates", "replies", "left", "acked", "problem", "limit", "until")
+
+    def __init__(self, done: asyncio.Future[None], duplicates: list[bool | None]) -> None:
+        self.done = done
+        self.duplicates = duplicates  # the write's: None until that message is acked
+        self.replies: list[str] = []
+        self.left = 0  # to be published or awaiting an answer (an ack or an error)
+        self.acked = 0
+        self.problem: BaseException | None = None
+        self.limit: asyncio.Timeout  # the `async with` that _tick expires at `until`
+        self.until = math.inf  # the write's deadline while publishing, then the end of this attempt
+
+    def settle(self, index: int, outcome: bool | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self.problem = outcome
+        else:
+            self.duplicates[index] = outcome
+            self.acked += 1
+        self.left -= 1
+        if self.left == 0:
+            self.end()
+
+    def end(self, _: object = None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _pub_ack(msg: Msg) -> bool | BaseException:
+    """A PubAck's `duplicate`, or the error JetStream answered instead (what js.publish would raise)."""
+    if msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS_STATUS:
+        return nats.js.errors.NoStreamResponseError()
+    try:
+        reply = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as exc:
+        return exc
+    if not isinstance(reply, dict):
+        return nats.js.errors.Error(f"not a PubAck: {msg.data[:200]!r}")
+    if "error" in reply:
+        try:
+            nats.js.errors.APIError.from_error(reply["error"])  # raises the error's class
+        except nats.js.errors.APIError as exc:
+            return exc
+    if "stream" not in reply or "seq" not in reply:
+        return nats.js.errors.Error(f"not a PubAck: {msg.data[:200]!r}")
+    return reply.get("duplicate") is True
 
 
 def _matches(event: dict[str, Any], source_id: str | None, query: EventQuery) -> bool:
