@@ -122,25 +122,18 @@ RECONNECT_DELAY_MAX = 1.0  # seconds between the pool's attempts to reconnect (p
 
 # Bodies travel as `json` (kept verbatim, as sqlite keeps the bytes), not jsonb (which reorders keys).
 # %b: arrays go in binary form; the text form escapes every quote of every body with a regex.
-_INSERT_EVENTS = """
-INSERT INTO events (workspace_id, source_id, message_id, type, event, user_id, anonymous_id,
-                    received_at, timestamp, body)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                     %b::text[], %b::text[], %b::json[])
-ON CONFLICT (workspace_id, message_id) DO NOTHING
-RETURNING workspace_id, message_id
-"""
+_EVENTS_INTO = """INSERT INTO events (workspace_id, source_id, message_id, type, event, user_id, anonymous_id,
+                    received_at, timestamp, body)"""
+_EVENT_ROWS = """unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+              %b::text[], %b::text[], %b::json[])"""
+_ONLY_NEW = "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING workspace_id, message_id"
+_INSERT_EVENTS = f"{_EVENTS_INTO} SELECT * FROM {_EVENT_ROWS} {_ONLY_NEW}"
 # The same insert as one statement, its own transaction (autocommit): the lock is taken in the
 # CTE, which the join reads before any row reaches the insert, so before any position is drawn.
-_INSERT_EVENTS_IN_TURN = """
-WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s::bigint))
-INSERT INTO events (workspace_id, source_id, message_id, type, event, user_id, anonymous_id,
-                    received_at, timestamp, body)
-SELECT e.* FROM turn, unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                             %b::text[], %b::text[], %b::text[], %b::json[]) AS e
-ON CONFLICT (workspace_id, message_id) DO NOTHING
-RETURNING workspace_id, message_id
-"""
+_INSERT_EVENTS_IN_TURN = (
+    "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s::bigint)) "
+    f"{_EVENTS_INTO} SELECT e.* FROM turn, {_EVENT_ROWS} AS e {_ONLY_NEW}"
+)
 _INSERT_QUARANTINE = """
 INSERT INTO quarantine (workspace_id, source_id, message_id, received_at, body, errors)
 SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::json[], %b::json[])
